@@ -1,0 +1,3 @@
+from cassava.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,40 @@
+"""Where the project keeps what it builds or downloads: the stand-in model, its data, TF Hub downloads."""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from pathlib import Path
+
+STANDIN_VERSION = "standin-v1"  # bump when the stand-in's data or training changes
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("CASSAVA_CACHE") or Path.home() / ".cache" / "cassava"
+    path = Path(root).expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def standin_dir() -> Path:
+    return cache_dir() / STANDIN_VERSION
+
+
+def standin_model_dir() -> Path:
+    return standin_dir() / "saved_model"
+
+
+def standin_data_dir(split: str = "validation") -> Path:
+    return standin_dir() / "data" / split
+
+
+@contextlib.contextmanager
+def build_lock(name: str):
+    """Serialise builds of the same artefact across processes (tests, demo and servers may race)."""
+    path = cache_dir() / f".{name}.lock"
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

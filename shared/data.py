@@ -1,0 +1,108 @@
+"""Data sources for `--data`: a TFDS split, a folder with one sub-folder per class, image files, or the stand-in's
+synthetic photos. Every source yields `Sample`s; images are decoded later, one at a time, so a bad file is
+reported where it is used and never dropped silently.
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import itertools
+from pathlib import Path
+from typing import Iterable, List, Optional, Sequence
+
+from .errors import CassavaError
+from .labels import CROPNET_CLASSES
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif"}
+
+
+@dataclasses.dataclass
+class Sample:
+    name: str  # file path, or `tfds:<split>/<id>`
+    label: Optional[str]  # class name, None when unknown
+    source: object  # a path, encoded bytes or an RGB array: anything `preprocess()` accepts
+
+
+def describe(data: Sequence[str]) -> str:
+    return " ".join(str(d) for d in data)
+
+
+def is_standin_data(data: Sequence[str]) -> bool:
+    return any(str(d).startswith("standin") for d in data)
+
+
+def load_samples(data, limit: Optional[int] = None) -> List[Sample]:
+    """Resolve one or more DATA arguments into samples (first `limit`, classes interleaved)."""
+    items = [data] if isinstance(data, (str, Path)) else list(data)
+    if not items:
+        raise CassavaError("--data: nothing given")
+    samples: List[Sample] = []
+    for item in items:
+        samples.extend(_resolve(str(item), limit))
+    if not samples:
+        raise CassavaError(f"--data {describe(items)}: matches no images")
+    return samples[:limit] if limit else samples
+
+
+def _resolve(item: str, limit: Optional[int]) -> List[Sample]:
+    if item.startswith("tfds:"):
+        return list(itertools.islice(tfds_samples(item[len("tfds:"):]), limit))
+    if item == "standin" or item.startswith("standin:"):
+        from .cache import standin_dir
+        from .synthetic import ensure_dataset
+
+        split = item.partition(":")[2] or "validation"
+        ensure_dataset(standin_dir() / "data")
+        path = standin_dir() / "data" / split
+        if not path.is_dir():
+            raise CassavaError(f"--data {item}: no such stand-in split (train, validation)")
+        return folder_samples(path)
+    path = Path(item)
+    if path.is_dir():
+        return folder_samples(path)
+    if path.is_file():
+        return [Sample(str(path), None, path)]
+    matches = sorted(p for p in glob.glob(item, recursive=True) if Path(p).is_file())
+    if not matches:
+        raise CassavaError(f"--data {item}: no such file, folder or TFDS split")
+    return [Sample(p, None, Path(p)) for p in matches]
+
+
+def _images_in(folder: Path) -> List[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def folder_samples(folder: Path, known_classes: Iterable[str] = CROPNET_CLASSES) -> List[Sample]:
+    """A folder of class sub-folders (labelled; classes interleaved so `-n` sees all), or of plain images."""
+    subfolders = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not subfolders:
+        return [Sample(str(p), None, p) for p in _images_in(folder)]
+    known = set(known_classes)
+    unknown = [p.name for p in subfolders if p.name not in known]
+    if unknown:
+        raise CassavaError(
+            f"--data {folder}: sub-folder(s) {', '.join(unknown)} are not class names "
+            f"(expected some of {', '.join(known_classes)})"
+        )
+    per_class = [[Sample(str(p), sub.name, p) for p in _images_in(sub)] for sub in subfolders]
+    interleaved = itertools.chain.from_iterable(itertools.zip_longest(*per_class))
+    return [s for s in interleaved if s is not None]
+
+
+def tfds_samples(spec: str):
+    """`cassava/validation` -> samples from `tfds.load` (downloads into TFDS's data dir on first use)."""
+    name, _, split = spec.partition("/")
+    split = split or "validation"
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError:
+        raise CassavaError("--data tfds:...: needs tensorflow-datasets (pip install 'cassava-cloud-edge[data]')") from None
+    try:
+        dataset, info = tfds.load(name, split=split, with_info=True, shuffle_files=False)
+    except Exception as exc:  # network errors, unknown datasets, bad splits: one line
+        raise CassavaError(f"--data tfds:{spec}: cannot load ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+    label_names = info.features["label"].names
+    for index, example in enumerate(tfds.as_numpy(dataset)):
+        file_name = example.get("image/filename", b"")
+        file_name = file_name.decode() if isinstance(file_name, bytes) else str(file_name)
+        yield Sample(f"tfds:{name}/{split}/{file_name or index}", label_names[int(example["label"])], example["image"])

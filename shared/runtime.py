@@ -1,0 +1,96 @@
+"""The part of an MLServer runtime both tiers share: V2 decoding, micro-batching, metrics, V2 responses.
+
+A tier's runtime is a small subclass that says how to load its classifier (TF in `cassava.cloud.runtime`, TFLite
+in `cassava.edge.runtime`); requests and responses are identical on both, so one client talks to either.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from mlserver import MLModel
+from mlserver.types import InferenceRequest, InferenceResponse
+from prometheus_client import REGISTRY, Counter, Histogram
+
+from .batching import MicroBatcher
+from .classifier import Classifier
+from .errors import CassavaError
+from .v2 import DEFAULT_MAX_REQUEST_IMAGES, BadRequest, build_response, metadata_inputs, metadata_outputs, request_to_model_input
+
+log = logging.getLogger("cassava.runtime")
+
+
+_METRICS = {}
+
+
+def _metrics():
+    """Created on first load, not at import: MLServer switches prometheus to multi-process mode for workers first.
+    Registered in prometheus' default registry, which MLServer's metrics endpoint serves."""
+    if not _METRICS:
+        _METRICS["predictions"] = Counter(
+            "cassava_predictions", "Images classified, by predicted class", ["model_name", "tier", "class_name"], registry=REGISTRY)
+        _METRICS["batch_images"] = Histogram(
+            "cassava_batch_images", "Images per model call after micro-batching", ["model_name", "tier"],
+            buckets=(1, 2, 4, 8, 16, 32, 64), registry=REGISTRY)
+    return _METRICS
+
+
+class ImageClassifierRuntime(MLModel):
+    tier = "?"
+
+    def load_classifier(self, uri: str, extra: dict) -> Classifier:
+        raise NotImplementedError
+
+    def _extra(self) -> dict:
+        parameters = self.settings.parameters
+        return dict(parameters.extra or {}) if parameters and parameters.extra else {}
+
+    async def _model_uri(self) -> str:
+        from mlserver.utils import get_model_uri
+
+        uri = self.settings.parameters.uri if self.settings.parameters else None
+        if not uri:
+            raise CassavaError(f"model {self.name}: parameters.uri is not set in model-settings.json")
+        if uri == "standin" or "://" in uri:
+            return uri
+        try:
+            return await get_model_uri(self.settings)  # relative paths are relative to model-settings.json
+        except Exception:
+            raise CassavaError(f"model {self.name}: model file or folder not found: {uri}") from None
+
+    async def load(self) -> bool:
+        extra = self._extra()
+        uri = await self._model_uri()
+        self.classifier = await asyncio.to_thread(self.load_classifier, uri, extra)
+        spec = self.classifier.spec
+        self.max_request_images = int(extra.get("max_request_images", DEFAULT_MAX_REQUEST_IMAGES))
+        self.inputs = metadata_inputs(spec)
+        self.outputs = metadata_outputs(spec)
+        self._batcher = MicroBatcher(
+            self.classifier.predict,
+            max_images=int(extra.get("max_batch_images", 16)),
+            max_wait_s=float(extra.get("max_batch_wait_ms", 5)) / 1000.0,
+            concurrency=int(extra.get("concurrent_batches", 1)),
+            on_batch=_metrics()["batch_images"].labels(self.name, self.tier).observe,
+        )
+        log.info("model %s ready on the %s tier: %s, %dx%d input, classes %s", self.name, self.tier, spec.title,
+                 spec.input_size, spec.input_size, ",".join(spec.class_names))
+        return True
+
+    async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        spec = self.classifier.spec
+        # Photos are decoded and resized here, off the event loop: a large JPEG takes milliseconds.
+        x = await asyncio.to_thread(request_to_model_input, payload, spec, self.max_request_images)
+        probabilities = await self._batcher.predict(x)
+        response = build_response(self.name, self.version, probabilities, spec, payload.id)
+        for class_id in probabilities.argmax(axis=1):
+            _metrics()["predictions"].labels(self.name, self.tier, spec.class_names[class_id]).inc()
+        return response
+
+    async def unload(self) -> bool:
+        if getattr(self, "_batcher", None):
+            self._batcher.close()
+        return True
+
+
+__all__ = ["ImageClassifierRuntime", "BadRequest"]

@@ -1,0 +1,208 @@
+"""Wire codecs for the V2 (Open Inference) protocol, both directions, built on MLServer's own types and codecs.
+
+Requests carry images in one of three input kinds, all on `/v2/models/<name>/infer`:
+  payload  FP32  [N, H, W, 3]  already preprocessed, in the model's pixel range (the tutorial's NumpyCodec client)
+  pixels   UINT8 [N, H, W, 3]  resized by the shared preprocessing; the server applies the pixel range
+  photos   BYTES [N]           encoded JPEG/PNG/WebP of any size, base64 over REST, raw bytes over gRPC
+Responses: outputs[0] `class_ids` INT64 [N], `probabilities` FP32 [N, C], `labels` BYTES [N].
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from typing import List, Optional, Sequence
+
+import numpy as np
+from mlserver.codecs import Base64Codec, NumpyCodec, StringCodec
+from mlserver.errors import MLServerError
+from mlserver.types import InferenceRequest, InferenceResponse, MetadataTensor, RequestInput, ResponseOutput
+from PIL import Image
+
+from .errors import BadImage
+from .preprocess import pixel_range_ok, preprocess, to_model_input
+from .spec import ModelSpec
+
+FLOAT_INPUT, PIXELS_INPUT, PHOTOS_INPUT = "payload", "pixels", "photos"
+CLASS_IDS, PROBABILITIES, LABELS = "class_ids", "probabilities", "labels"
+WIRE_FORMATS = ("compact", "uint8", "photo", "float32")
+DEFAULT_MAX_REQUEST_IMAGES = 64
+
+
+class BadRequest(MLServerError):
+    """A request the model cannot take: MLServer answers it with this status code and message."""
+
+    def __init__(self, msg: str, status_code: int = 400):
+        super().__init__(msg, status_code)
+
+
+# ---------------------------------------------------------------- client side: images -> request
+
+
+def encode_compact(pixels: np.ndarray) -> bytes:
+    """Preprocessed pixels [H, W, 3] as lossless WebP: the same pixels at a fraction of the bytes."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="WEBP", lossless=True, quality=50, method=2)
+    return buffer.getvalue()
+
+
+def photos_input(photos: Sequence[bytes], grpc: bool = False) -> RequestInput:
+    if grpc:  # gRPC carries raw bytes
+        return RequestInput(name=PHOTOS_INPUT, datatype="BYTES", shape=[len(photos)], data=list(photos))
+    request_input = Base64Codec.encode_input(PHOTOS_INPUT, list(photos), use_bytes=False)
+    request_input.shape = [len(photos)]
+    return request_input
+
+
+def build_request(wire: str, pixels: Optional[np.ndarray] = None, photos: Optional[Sequence[bytes]] = None,
+                  input_scale: float = 1.0, grpc: bool = False, request_id: Optional[str] = None) -> InferenceRequest:
+    """One request in a wire format. `pixels` are uint8 [N, H, W, 3] from `preprocess`; `photos` encoded files."""
+    if wire == "float32":
+        request_input = NumpyCodec.encode_input(FLOAT_INPUT, to_model_input(pixels, input_scale))
+    elif wire == "uint8":
+        request_input = NumpyCodec.encode_input(PIXELS_INPUT, np.ascontiguousarray(pixels, dtype=np.uint8))
+    elif wire == "compact":
+        request_input = photos_input([encode_compact(p) for p in pixels], grpc)
+    elif wire == "photo":
+        request_input = photos_input(photos, grpc)
+    else:
+        raise ValueError(f"unknown wire format {wire!r} (choose from {', '.join(WIRE_FORMATS)})")
+    return InferenceRequest(id=request_id, inputs=[request_input])
+
+
+def decode_response(response: InferenceResponse):
+    """-> (class_ids int64 [N], probabilities float32 [N, C], labels list[str])."""
+    outputs = {o.name: o for o in response.outputs}
+    for name in (CLASS_IDS, PROBABILITIES, LABELS):
+        if name not in outputs:
+            raise ValueError(f"response has no {name!r} output (has {', '.join(outputs)})")
+    class_ids = NumpyCodec.decode_output(outputs[CLASS_IDS]).reshape(-1).astype(np.int64)
+    probabilities = NumpyCodec.decode_output(outputs[PROBABILITIES]).astype(np.float32)
+    labels = [s if isinstance(s, str) else s.decode() for s in StringCodec.decode_output(outputs[LABELS])]
+    return class_ids, probabilities.reshape(len(class_ids), -1), labels
+
+
+# ---------------------------------------------------------------- server side: request -> model input
+
+
+def metadata_inputs(spec: ModelSpec) -> List[MetadataTensor]:
+    image = [-1, spec.input_size, spec.input_size, 3]
+    return [
+        MetadataTensor(name=FLOAT_INPUT, datatype="FP32", shape=image),
+        MetadataTensor(name=PIXELS_INPUT, datatype="UINT8", shape=image),
+        MetadataTensor(name=PHOTOS_INPUT, datatype="BYTES", shape=[-1]),
+    ]
+
+
+def metadata_outputs(spec: ModelSpec) -> List[MetadataTensor]:
+    return [
+        MetadataTensor(name=CLASS_IDS, datatype="INT64", shape=[-1]),
+        MetadataTensor(name=PROBABILITIES, datatype="FP32", shape=[-1, spec.num_classes]),
+        MetadataTensor(name=LABELS, datatype="BYTES", shape=[-1]),
+    ]
+
+
+def _batch_size(request_input: RequestInput, max_images: int) -> int:
+    if not request_input.shape:
+        raise BadRequest(f"input {request_input.name!r}: shape is missing")
+    n = int(request_input.shape[0])
+    if n < 1:
+        raise BadRequest(f"input {request_input.name!r}: empty batch (shape {request_input.shape})")
+    if n > max_images:
+        raise BadRequest(f"input {request_input.name!r}: batch of {n} images is above the limit of {max_images} per request", 413)
+    return n
+
+
+def _image_tensor(request_input: RequestInput, spec: ModelSpec, dtype) -> np.ndarray:
+    expected = [spec.input_size, spec.input_size, 3]
+    shape = list(request_input.shape)
+    if len(shape) != 4:
+        raise BadRequest(f"input {request_input.name!r}: expected rank 4 [N, {', '.join(map(str, expected))}], got shape {shape}")
+    if shape[1:] != expected:
+        raise BadRequest(f"input {request_input.name!r}: expected images of {expected} (H, W, C), got {shape[1:]}")
+    try:
+        array = NumpyCodec.decode_input(request_input)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise BadRequest(f"input {request_input.name!r}: data does not match shape {shape} and {request_input.datatype} ({exc})") from None
+    if array.size != int(np.prod(shape)):
+        raise BadRequest(f"input {request_input.name!r}: {array.size} values for shape {shape}")
+    return array.astype(dtype, copy=False).reshape(shape)
+
+
+def _photo_bytes(request_input: RequestInput) -> List[bytes]:
+    items = request_input.data.root if hasattr(request_input.data, "root") else request_input.data
+    items = list(items) if isinstance(items, (list, tuple)) else [items]
+    content_type = (request_input.parameters.content_type if request_input.parameters else None) or ""
+    photos = []
+    for index, item in enumerate(items):
+        if isinstance(item, str):  # JSON carries text: photos must be base64 there
+            try:
+                item = base64.b64decode(item, validate=True)
+            except (binascii.Error, ValueError):
+                hint = "" if content_type == "base64" else " (set parameters.content_type to 'base64')"
+                raise BadRequest(f"input {request_input.name!r}[{index}]: not valid base64{hint}") from None
+        elif isinstance(item, (bytes, bytearray)) and content_type == "base64":
+            try:
+                item = base64.b64decode(item, validate=True)
+            except (binascii.Error, ValueError):
+                raise BadRequest(f"input {request_input.name!r}[{index}]: not valid base64") from None
+        elif not isinstance(item, (bytes, bytearray)):
+            raise BadRequest(f"input {request_input.name!r}[{index}]: expected encoded image bytes, got {type(item).__name__}")
+        photos.append(bytes(item))
+    return photos
+
+
+def request_to_model_input(request: InferenceRequest, spec: ModelSpec,
+                           max_images: int = DEFAULT_MAX_REQUEST_IMAGES) -> np.ndarray:
+    """Validate a request and turn it into float32 [N, H, W, 3] in the model's pixel range.
+
+    Every problem is a BadRequest (HTTP 4xx / gRPC INVALID_ARGUMENT) whose message says what was wrong.
+    """
+    if len(request.inputs) != 1:
+        names = ", ".join(i.name for i in request.inputs) or "none"
+        raise BadRequest(f"expected exactly one input ({FLOAT_INPUT}, {PIXELS_INPUT} or {PHOTOS_INPUT}), got {names}")
+    request_input = request.inputs[0]
+    name, datatype = request_input.name, request_input.datatype
+    n = _batch_size(request_input, max_images)
+    if name == PHOTOS_INPUT or (name == FLOAT_INPUT and datatype == "BYTES"):
+        if datatype != "BYTES":
+            raise BadRequest(f"input {name!r}: datatype must be BYTES (encoded images), got {datatype}")
+        photos = _photo_bytes(request_input)
+        if len(photos) != n:
+            raise BadRequest(f"input {name!r}: shape says {n} images but {len(photos)} were sent")
+        pixels = []
+        for index, photo in enumerate(photos):
+            try:
+                pixels.append(preprocess(photo, spec.input_size))
+            except BadImage as exc:
+                raise BadRequest(f"input {name!r}[{index}]: {exc}") from None
+        return to_model_input(np.stack(pixels), spec.input_scale)
+    if name == PIXELS_INPUT or (name == FLOAT_INPUT and datatype == "UINT8"):
+        if datatype != "UINT8":
+            raise BadRequest(f"input {name!r}: datatype must be UINT8 pixels 0-255, got {datatype}")
+        return to_model_input(_image_tensor(request_input, spec, np.uint8), spec.input_scale)
+    if name == FLOAT_INPUT:
+        if datatype != "FP32":
+            raise BadRequest(f"input {name!r}: datatype must be FP32 (or UINT8 pixels, or BYTES photos), got {datatype}")
+        x = _image_tensor(request_input, spec, np.float32)
+        if not pixel_range_ok(x, spec.input_scale):
+            bad = "NaN or infinite values" if not np.all(np.isfinite(x)) else f"values outside [0, {spec.input_scale:g}]"
+            raise BadRequest(f"input {name!r}: {bad}; this model takes pixels in [0, {spec.input_scale:g}]")
+        return x
+    raise BadRequest(f"unknown input {name!r}: expected {FLOAT_INPUT} (FP32), {PIXELS_INPUT} (UINT8) or {PHOTOS_INPUT} (BYTES)")
+
+
+def build_response(model_name: str, model_version: Optional[str], probabilities: np.ndarray, spec: ModelSpec,
+                   request_id: Optional[str] = None) -> InferenceResponse:
+    probabilities = np.asarray(probabilities, dtype=np.float32)
+    class_ids = probabilities.argmax(axis=1).astype(np.int64)
+    labels = StringCodec.encode_output(LABELS, [spec.class_names[i] for i in class_ids])
+    labels.shape = [len(class_ids)]
+    ids = NumpyCodec.encode_output(CLASS_IDS, class_ids)
+    ids.shape = [len(class_ids)]  # NumpyCodec adds a trailing dim to 1-D arrays; the spec'd shape is [N]
+    outputs: List[ResponseOutput] = [
+        ids,
+        NumpyCodec.encode_output(PROBABILITIES, probabilities),
+        labels,
+    ]
+    return InferenceResponse(model_name=model_name, model_version=model_version, id=request_id, outputs=outputs)
