@@ -1,0 +1,248 @@
+"""`cassava watch`: classify camera frames or new photos in a folder on the edge device, with no server or network.
+
+Each image becomes one JSON line in `--out` (append-only, flushed and fsynced): time, file or frame id, the top-3
+classes with probabilities, and the latency. That file is the record of what was done: after a restart, files
+already in it are not classified again. With `--forward URL`, each photo and the edge's answer are also sent to the
+cloud model (a second opinion from the full model); the cloud's answers go to `<out>.forwarded.jsonl`. The backlog
+is whatever is in `--out` but not yet forwarded, so a device with intermittent connectivity loses nothing: it is
+re-derived at start-up and drained, oldest first, whenever the cloud answers.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Iterator, Optional, Tuple
+
+import numpy as np
+
+from cassava.shared.data import IMAGE_SUFFIXES
+from cassava.shared.errors import BadImage, CassavaError
+
+TOP_K = 3
+
+
+def add_arguments(parser):
+    parser.add_argument("--model", required=True, help="model.tflite or a converted dir (any MODEL works)")
+    parser.add_argument("--source", required=True,
+                        help="DIR (new image files), camera:0 (a camera index) or camera:FILE (a video file, read like a camera)")
+    parser.add_argument("--every", default="2s", help="poll the folder / take a frame this often (e.g. 500ms, 2s)")
+    parser.add_argument("--out", type=Path, default=Path("results.jsonl"), help="append one JSON line per image here")
+    parser.add_argument("--forward", metavar="URL", help="also send each photo to this cloud base URL (store-and-forward)")
+    parser.add_argument("--frames-dir", type=Path, help="where camera frames are saved (default: <out>.frames/)")
+    parser.add_argument("--max-images", type=int, default=0, help="stop after this many new images (0 = run until stopped)")
+    parser.add_argument("--duration", type=float, default=0, help="stop after this many seconds (0 = run until stopped)")
+    parser.add_argument("--num-threads", type=int, help="TFLite interpreter threads")
+
+
+def parse_interval(text: str) -> float:
+    text = text.strip().lower()
+    try:
+        if text.endswith("ms"):
+            return float(text[:-2]) / 1000.0
+        return float(text[:-1]) if text.endswith("s") else float(text)
+    except ValueError:
+        raise CassavaError(f"--every {text!r}: expected a duration like 500ms or 2s") from None
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+class ResultLog:
+    """An append-only JSON-lines file; every line is flushed and fsynced before the next image is taken."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.records = []
+        if path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    self.records.append(json.loads(line))
+                except json.JSONDecodeError:
+                    pass  # a line cut by power loss: that image was not recorded, so it is classified again
+        self._handle = open(path, "a")
+
+    def ids(self) -> set:
+        return {r["id"] for r in self.records}
+
+    def append(self, record: dict) -> None:
+        self._handle.write(json.dumps(record) + "\n")
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+        self.records.append(record)
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+def top_k(probabilities: np.ndarray, class_names, k: int = TOP_K):
+    from cassava.shared.labels import display_name
+
+    order = np.argsort(probabilities)[::-1][:k]
+    return [{"class": class_names[i], "name": display_name(class_names[i]), "probability": round(float(probabilities[i]), 6)}
+            for i in order]
+
+
+def folder_images(folder: Path, done: set, seen_sizes: dict) -> Iterator[Tuple[str, Path]]:
+    """New image files, oldest first; a file still growing (size changed since the last poll) waits a round."""
+    files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    for path in sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name)):
+        image_id = path.name
+        if image_id in done:
+            continue
+        size = path.stat().st_size
+        if seen_sizes.get(image_id) != size:
+            seen_sizes[image_id] = size  # see it again at the same size before trusting it is complete
+            continue
+        yield image_id, path
+
+
+def open_camera(source: str):
+    try:
+        import cv2
+    except ImportError:
+        raise CassavaError("camera sources need OpenCV: pip install 'cassava-cloud-edge[camera]'") from None
+    target = source[len("camera:"):]
+    capture = cv2.VideoCapture(int(target) if target.isdigit() else target)
+    if not capture.isOpened():
+        raise CassavaError(f"--source {source}: cannot open the camera or video")
+    return capture, cv2
+
+
+class Forwarder:
+    """Sends recorded photos to the cloud model, oldest first; what is not yet answered stays in the backlog."""
+
+    def __init__(self, base_url: str, log: ResultLog, timeout: float = 10.0):
+        self.base_url = base_url.rstrip("/")
+        self.log = log
+        self.forwarded = ResultLog(log.path.with_suffix(".forwarded.jsonl"))
+        self.done = {r["id"] for r in self.forwarded.records}
+        self.timeout = timeout
+
+    def backlog(self):
+        return [r for r in self.log.records if r["id"] not in self.done and r.get("path")]
+
+    def drain(self) -> int:
+        """Forward as much of the backlog as the cloud takes now; stop at the first failure (retry next round)."""
+        import httpx
+
+        from cassava.shared.v2 import build_request, decode_response
+        from mlserver.types import InferenceResponse
+
+        sent = 0
+        model_url = f"{self.base_url}/v2/models/cassava"
+        try:  # MLServer answers 400 "not ready" while a model loads: only send to a ready model
+            if httpx.get(f"{model_url}/ready", timeout=self.timeout).status_code != 200:
+                return 0
+        except httpx.HTTPError:
+            return 0
+        for record in self.backlog():
+            photo = Path(record["path"]).read_bytes()
+            request = build_request("photo", photos=[photo], request_id=record["id"])
+            try:
+                reply = httpx.post(f"{model_url}/infer", content=request.model_dump_json(),
+                                   headers={"content-type": "application/json"}, timeout=self.timeout)
+            except httpx.HTTPError:
+                return sent  # unreachable: keep the backlog
+            if reply.status_code >= 500 or "not ready" in reply.text:
+                return sent
+            entry = {"id": record["id"], "time": now(), "status": reply.status_code}
+            if reply.status_code == 200:
+                _, probabilities, labels = decode_response(InferenceResponse.model_validate_json(reply.content))
+                entry.update(cloud_prediction=labels[0], cloud_probability=round(float(probabilities[0].max()), 6),
+                             edge_prediction=record["top"][0]["class"])
+            else:  # the cloud refused this photo for good: record why rather than retry forever
+                entry["error"] = reply.text[:300]
+            self.forwarded.append(entry)
+            self.done.add(record["id"])
+            sent += 1
+        return sent
+
+
+def run(args) -> int:
+    from cassava.shared.classifier import load_classifier, predict_pixels
+    from cassava.shared.preprocess import preprocess
+
+    interval = parse_interval(args.every)
+    kwargs = {"num_threads": args.num_threads} if args.num_threads else {}
+    classifier = load_classifier(args.model, **kwargs)
+    spec = classifier.spec
+    log = ResultLog(args.out)
+    done = log.ids()
+    forwarder = Forwarder(args.forward, log) if args.forward else None
+    camera = args.source.startswith("camera:")
+    if camera:
+        capture, cv2 = open_camera(args.source)
+        frames_dir = args.frames_dir or args.out.with_suffix(".frames")
+        frames_dir.mkdir(parents=True, exist_ok=True)
+        frame_number = sum(1 for r in log.records if r.get("source") == "camera")
+    else:
+        folder = Path(args.source)
+        if not folder.is_dir():
+            raise CassavaError(f"--source {args.source}: not a folder (or use camera:0 / camera:video.mp4)")
+        seen_sizes: dict = {}
+    print(f"watching {args.source} with {spec.title}; results -> {args.out}"
+          + (f"; forwarding to {args.forward}" if forwarder else ""), file=sys.stderr, flush=True)
+
+    started, new = time.monotonic(), 0
+
+    def classify(image_id: str, source, path: Optional[Path], kind: str):
+        nonlocal new
+        t0 = time.perf_counter()
+        try:
+            pixels = preprocess(source, spec.input_size)
+        except BadImage as exc:
+            record = {"id": image_id, "time": now(), "source": kind, "file": image_id, "error": str(exc)}
+        else:
+            probabilities = predict_pixels(classifier, pixels[None])[0]
+            record = {"id": image_id, "time": now(), "source": kind, "file": image_id,
+                      "path": str(path.resolve()) if path else None, "top": top_k(probabilities, spec.class_names),
+                      "latency_ms": round((time.perf_counter() - t0) * 1000.0, 2), "model": spec.title}
+        log.append(record)
+        done.add(image_id)
+        new += 1
+        print(json.dumps({k: record.get(k) for k in ("file", "top", "latency_ms", "error") if k in record}), flush=True)
+
+    try:
+        while True:
+            if camera:
+                ok, frame = capture.read()
+                if not ok:
+                    break  # camera gone or video finished
+                frame_number += 1
+                image_id = f"frame-{frame_number:06d}"
+                path = frames_dir / f"{image_id}.png"
+                rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+                from PIL import Image
+
+                Image.fromarray(rgb).save(path)  # kept so the photo can be forwarded or audited later
+                classify(image_id, rgb, path, "camera")
+            else:
+                for image_id, path in folder_images(folder, done, seen_sizes):
+                    classify(image_id, path, path, "folder")
+                    if args.max_images and new >= args.max_images:
+                        break
+            if forwarder:
+                forwarder.drain()
+            if args.max_images and new >= args.max_images:
+                break
+            if args.duration and time.monotonic() - started >= args.duration:
+                break
+            if not (camera and not args.source[len("camera:"):].isdigit()):
+                time.sleep(interval)  # a video file is read as fast as it decodes; cameras and folders are paced
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if forwarder:
+            forwarder.drain()
+            pending = len(forwarder.backlog())
+            if pending:
+                print(f"{pending} result(s) not yet forwarded: they stay in the backlog for the next run", file=sys.stderr)
+        log.close()
+    print(f"{new} new image(s) classified; {len(log.records)} in {args.out}", file=sys.stderr)
+    return 0

@@ -1,0 +1,146 @@
+"""`cassava watch` on the edge: folder and camera (video file) sources, restarts, store-and-forward to the cloud."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import BIN, MLServer, REPO
+
+pytestmark = pytest.mark.slow
+
+
+def _lines(path: Path):
+    if not path.exists():
+        return []
+    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+
+
+def _wait_for(predicate, timeout=240.0, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+def _drop(photo: Path, folder: Path):
+    """Copy under a temporary name, then rename: how a camera app or rsync lands a complete file."""
+    tmp = folder / f".{photo.name}.part"
+    shutil.copyfile(photo, tmp)
+    os.replace(tmp, folder / photo.name)
+
+
+def _watch(model, source, out, *extra):
+    return subprocess.Popen([str(BIN / "cassava"), "watch", "--model", str(model), "--source", str(source),
+                             "--out", str(out), "--every", "200ms", "--duration", "240", *map(str, extra)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+@pytest.fixture(scope="module")
+def watch_model(standin_model, tmp_path_factory):
+    """The int8 TFLite stand-in when the converter is installed; the SavedModel otherwise."""
+    try:
+        import cassava.edge.convert  # noqa: F401
+    except ImportError:
+        return standin_model
+    out = tmp_path_factory.mktemp("watch-int8")
+    result = subprocess.run([str(BIN / "cassava"), "convert", "--model", "standin", "--out", str(out),
+                             "--quantize", "int8", "--samples", "60"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    return out / "model.tflite"
+
+
+@pytest.fixture(scope="module")
+def photos(real_photos):
+    return sorted(real_photos.glob("*/*.jpg"))[:6]
+
+
+def test_folder_watch_survives_a_restart_without_repeats(watch_model, photos, tmp_path):
+    inbox, out = tmp_path / "inbox", tmp_path / "results.jsonl"
+    inbox.mkdir()
+    first = _watch(watch_model, inbox, out)
+    try:
+        for photo in photos[:3]:
+            _drop(photo, inbox)
+        _wait_for(lambda: len(_lines(out)) >= 3, what="3 results")
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # power loss mid-run
+        first.wait(10)
+    for photo in photos[3:]:
+        _drop(photo, inbox)
+    second = _watch(watch_model, inbox, out, "--max-images", "3")
+    _, err = second.communicate(timeout=240)
+    assert second.returncode == 0, err
+    records = _lines(out)
+    assert sorted(r["file"] for r in records) == sorted(p.name for p in photos)  # each exactly once
+    for record in records:
+        assert len(record["top"]) == 3 and record["latency_ms"] > 0
+        probabilities = [t["probability"] for t in record["top"]]
+        assert probabilities == sorted(probabilities, reverse=True)
+        assert {"class", "name", "probability"} <= set(record["top"][0])
+
+
+def test_unreadable_file_is_recorded_not_dropped(watch_model, tmp_path):
+    inbox, out = tmp_path / "inbox", tmp_path / "results.jsonl"
+    inbox.mkdir()
+    (inbox / "garbage.jpg").write_bytes(b"definitely not a jpeg")
+    proc = _watch(watch_model, inbox, out, "--max-images", "1")
+    proc.communicate(timeout=240)
+    records = _lines(out)
+    assert len(records) == 1 and records[0]["file"] == "garbage.jpg" and "not an image" in records[0]["error"]
+
+
+def test_camera_path_with_a_video_file(watch_model, standin_data, tmp_path):
+    cv2 = pytest.importorskip("cv2")
+    from cassava.shared.preprocess import preprocess
+
+    video = tmp_path / "field.avi"
+    frames = [preprocess(p, 224) for p in sorted(standin_data.glob("cmd/*.jpg"))[:5]]
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (224, 224))
+    for frame in frames:
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+    out = tmp_path / "camera.jsonl"
+    proc = _watch(watch_model, f"camera:{video}", out)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err
+    records = _lines(out)
+    assert [r["file"] for r in records] == [f"frame-{i:06d}" for i in range(1, 6)]
+    assert sum(r["top"][0]["class"] == "cmd" for r in records) >= 4  # stand-in model, synthetic data
+    assert all(Path(r["path"]).is_file() for r in records)
+
+
+def test_forward_keeps_a_backlog_while_the_cloud_is_down(watch_model, photos, tmp_path):
+    settings = json.loads((REPO / "cloud" / "model-settings.json").read_text())
+    settings["parameters"]["uri"] = "standin"
+    cloud = MLServer(tmp_path / "cloud", settings).start()
+    inbox, out = tmp_path / "inbox", tmp_path / "results.jsonl"
+    forwarded = tmp_path / "results.forwarded.jsonl"
+    inbox.mkdir()
+    proc = _watch(watch_model, inbox, out, "--forward", cloud.url)
+    try:
+        for photo in photos[:2]:
+            _drop(photo, inbox)
+        _wait_for(lambda: len(_lines(forwarded)) >= 2, what="2 forwarded")
+        cloud.stop()  # the uplink goes down
+        for photo in photos[2:4]:
+            _drop(photo, inbox)
+        _wait_for(lambda: len(_lines(out)) >= 4, what="4 results while offline")
+        time.sleep(1.0)
+        assert len(_lines(forwarded)) == 2  # the two new ones wait in the backlog
+        cloud.start()  # and comes back
+        _wait_for(lambda: len(_lines(forwarded)) >= 4, what="backlog delivered")
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+        cloud.stop()
+    sent = _lines(forwarded)
+    assert sorted(r["id"] for r in sent) == sorted(p.name for p in photos[:4])  # nothing lost or duplicated
+    assert all(r["status"] == 200 and r["cloud_prediction"] for r in sent)
