@@ -1,0 +1,58 @@
+"""What the benchmarks share: the int8 stand-in TFLite model, and real MLServer processes for either tier.
+
+Process handling is the tests' own (`tests/helpers.MLServer`: free loopback ports, bounded start and stop), and a
+server's settings are the tier's shipped ones (`cassava.shared.serve.write_run_dir`), so a benchmark measures what
+`cassava serve` would run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("CASSAVA_CACHE", str(REPO / ".cache"))
+if str(REPO / "tests") not in sys.path:
+    sys.path.insert(0, str(REPO / "tests"))
+
+from helpers import MLServer, free_port  # noqa: E402  (tests/helpers.py)
+
+__all__ = ["MLServer", "free_port", "standin_tflite", "tier_server", "REPO"]
+
+
+def standin_tflite(quantize: str = "int8") -> Path:
+    """The stand-in converted to TFLite (`cassava convert`), built once and cached in CASSAVA_CACHE/bench/."""
+    from cassava.shared.cache import build_lock, cache_dir
+
+    target = cache_dir() / "bench" / f"standin-{quantize}"
+    if (target / "model.tflite").is_file():
+        return target
+    with build_lock(f"bench-standin-{quantize}"):
+        if not (target / "model.tflite").is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            command = [sys.executable, "-m", "cassava", "convert", "--model", "standin", "--out", str(target),
+                       "--quantize", quantize]
+            result = subprocess.run(command, capture_output=True, text=True)
+            if result.returncode != 0:
+                raise RuntimeError(f"cassava convert failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
+    return target
+
+
+def tier_server(tier: str, model: str, workdir: Optional[Path] = None, extra: Optional[dict] = None,
+                settings: Optional[dict] = None) -> MLServer:
+    """An MLServer (not started) for `tier` with the shipped settings, `model`, and `extra` model parameters."""
+    from cassava.shared.serve import write_run_dir
+
+    workdir = Path(workdir or tempfile.mkdtemp(prefix=f"bench-{tier}-"))
+    shipped = write_run_dir(workdir / "shipped", tier, str(model), "127.0.0.1", (1, 2, 3))
+    model_settings = json.loads((shipped / "model-settings.json").read_text())
+    base = json.loads((shipped / "settings.json").read_text())
+    model_settings.setdefault("parameters", {}).setdefault("extra", {}).update(extra or {})
+    base.update({"metrics_dir": str(workdir / ".metrics")}, **(settings or {}))
+    for key in ("http_port", "grpc_port", "metrics_port", "host"):
+        base.pop(key, None)  # MLServer() picks free loopback ports
+    return MLServer(workdir / "server", model_settings, base)
