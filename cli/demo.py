@@ -1,20 +1,196 @@
-"""`cassava demo`: the offline main job on the stand-in model (stand-in model, synthetic data)."""
+"""`cassava demo`: the whole cloud/edge split offline, on the stand-in model (stand-in model, synthetic data).
+
+1. build the stand-in (cached)            2. convert it to an int8 TFLite copy: the edge's model
+3. start the cloud and the edge server    4. classify the same photos through `--local` and `--edge`
+5. the comparison report, when `cassava compare` is installed
+6. stop both servers, whatever happened (errors and Ctrl-C too), and say where everything is.
+"""
 from __future__ import annotations
 
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
+
+from cassava.shared.errors import CassavaError
+from cassava.shared.spec import STANDIN_NOTE
 
 
 def add_arguments(parser):
-    parser.add_argument("--out", type=Path, default=Path("out/demo"), help="where plots and reports go")
-    parser.add_argument("-n", type=int, default=16, help="images to classify")
+    parser.add_argument("--out", type=Path, default=Path("out/demo"), help="where models, plots and reports go (default out/demo)")
+    parser.add_argument("-n", type=int, default=16, help="images to classify on each tier (default 16)")
+    parser.add_argument("--port-offset", type=int, default=0,
+                        help="add this to the default ports (cloud 8080-8082, edge 9080-9082); busy ports are replaced by free ones")
+    parser.add_argument("--skip-compare", action="store_true", help="no comparison report")
+
+
+def _cassava(*args) -> list:
+    return [sys.executable, "-m", "cassava", *map(str, args)]
+
+
+def _step(text: str) -> None:
+    print(f"\n== {text}", flush=True)
+
+
+def _run_logged(command, log: Path, what: str) -> None:
+    """A sub-command with its output in `log`; a failure is one line naming the log."""
+    with open(log, "w") as handle:
+        code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT).returncode
+    if code != 0:
+        lines = [l for l in log.read_text(errors="replace").splitlines() if l.strip()]
+        raise CassavaError(f"{what} failed: {lines[-1] if lines else f'exit code {code}'} (log: {log})")
+
+
+def choose_ports(tier: str, offset: int):
+    """The tier's default ports plus the offset, or three free ones when any is busy (and say so)."""
+    from cassava.shared.serve import DEFAULT_PORTS, check_ports
+
+    wanted = [p + offset for p in DEFAULT_PORTS[tier]]
+    try:
+        check_ports("127.0.0.1", wanted)
+        return wanted
+    except CassavaError as busy:
+        sockets = [socket.socket() for _ in wanted]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        ports = [sock.getsockname()[1] for sock in sockets]
+        for sock in sockets:
+            sock.close()
+        print(f"{tier}: ports {'/'.join(map(str, wanted))} are not usable ({busy}); using free ports "
+              f"{'/'.join(map(str, ports))} instead", flush=True)
+        return ports
+
+
+class Server:
+    """`cassava serve TIER` in its own process group, output in a log file; stopped with everything it started."""
+
+    def __init__(self, tier: str, model, ports, out: Path):
+        self.tier, self.ports, self.log = tier, ports, out / "logs" / f"{tier}-server.log"
+        self.url = f"http://127.0.0.1:{ports[0]}"
+        self.command = _cassava("serve", tier, "--model", model, "--http-port", ports[0], "--grpc-port", ports[1],
+                                "--metrics-port", ports[2], "--run-dir", out / "run" / tier)
+        self.process = None
+
+    def start(self) -> "Server":
+        self.process = subprocess.Popen(self.command, stdout=open(self.log, "w"), stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, start_new_session=True)
+        return self
+
+    def wait_ready(self, timeout: float = 600.0) -> None:
+        import httpx
+
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                lines = [l for l in self.log.read_text(errors="replace").splitlines() if l.strip()]
+                raise CassavaError(f"the {self.tier} server stopped: {lines[-1] if lines else self.process.returncode} (log: {self.log})")
+            try:
+                if httpx.get(f"{self.url}/v2/models/cassava/ready", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise CassavaError(f"the {self.tier} server was not ready after {timeout:.0f} s (log: {self.log})")
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)  # `cassava serve` and its MLServer share the group
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+
+def _stop_on_sigterm(*_):
+    raise SystemExit(143)  # unwinds through `finally`, so the servers are stopped on `kill` too
+
+
+def classify_through(mode: str, url: str, n: int, out: Path) -> dict:
+    """`cassava predict --local|--edge URL` on the stand-in's photos, plot and JSON in `out`."""
+    from cassava.cli import build_parser
+    from cassava.shared import client
+
+    tier = "cloud" if mode == "local" else "edge"
+    paths = {"plot": out / f"predictions-{tier}.png", "json": out / f"predictions-{tier}.json"}
+    args = build_parser().parse_args(["predict", f"--{mode}", url, "--data", "standin", "-n", str(n),
+                                      "--plot", str(paths["plot"]), "--json", str(paths["json"])])
+    code = client.run(args)
+    records = json.loads(paths["json"].read_text())
+    labelled = [r for r in records if r.get("prediction") and r.get("label")]
+    right = sum(r["prediction"] == r["label"] for r in labelled)
+    return {"url": url, "exit_code": code, "images": len(records), "right": right, "labelled": len(labelled),
+            **{k: str(v) for k, v in paths.items()}}
 
 
 def run(args) -> int:
-    from cassava.shared import client
+    if args.n < 1:
+        raise CassavaError("-n must be at least 1")
+    out = args.out.resolve()
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    print(f"cassava demo: the cloud/edge split offline ({STANDIN_NOTE}; TF Hub and TFDS are not needed)")
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    predict = ["predict", "--in-process", "--model", "standin", "--data", "standin", "-n", str(args.n),
-               "--plot", str(args.out / "predictions-in-process.png"), "--json", str(args.out / "predictions-in-process.json")]
-    from cassava.cli import build_parser
+    _step("1/5 the stand-in model")
+    from cassava.cloud.standin import ensure_standin
 
-    return client.run(build_parser().parse_args(predict))
+    print(f"stand-in SavedModel: {ensure_standin()}")
+
+    _step("2/5 the edge's copy: int8 TFLite")
+    edge_model = out / "edge-int8"
+    _run_logged(_cassava("convert", "--model", "standin", "--out", edge_model, "--quantize", "int8", "--quiet"),
+                out / "logs" / "convert.log", "cassava convert")
+    print(f"int8 TFLite: {edge_model / 'model.tflite'} (conversion report: {edge_model / 'conversion-report.json'})")
+
+    _step("3/5 the servers")
+    servers = [Server("cloud", "standin", choose_ports("cloud", args.port_offset), out),
+               Server("edge", edge_model, choose_ports("edge", args.port_offset), out)]
+    summary = {"note": STANDIN_NOTE, "out": str(out), "edge_model": str(edge_model / "model.tflite")}
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    try:
+        for server in servers:
+            server.start()
+        for server in servers:
+            server.wait_ready()
+            print(f"{server.tier} server ready: {server.url} (gRPC 127.0.0.1:{server.ports[1]}, "
+                  f"metrics :{server.ports[2]}; log {server.log})", flush=True)
+        cloud, edge = servers
+
+        _step("4/5 the same photos through the cloud (--local) and the edge (--edge)")
+        summary["cloud"] = classify_through("local", cloud.url, args.n, out)
+        summary["edge"] = classify_through("edge", edge.url, args.n, out)
+
+        _step("5/5 the comparison report")
+        summary["compare"] = compare_report(out, edge_model, args.skip_compare)
+    finally:
+        for server in servers:
+            server.stop()
+        signal.signal(signal.SIGTERM, previous)
+        print("servers stopped", flush=True)
+
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"\nEverything is in {out} ({STANDIN_NOTE}):")
+    for tier in ("cloud", "edge"):
+        row = summary[tier]
+        print(f"  {tier:<6} {row['right']}/{row['labelled']} right  plot {row['plot']}  records {row['json']}")
+    print(f"  edge model  {summary['edge_model']}")
+    print(f"  compare     {summary['compare']}")
+    print(f"  logs        {out / 'logs'}   summary {out / 'summary.json'}")
+    return max(summary["cloud"]["exit_code"], summary["edge"]["exit_code"])
+
+
+def compare_report(out: Path, edge_model: Path, skip: bool) -> str:
+    if skip:
+        return "skipped (--skip-compare)"
+    try:
+        import cassava.shared.compare  # noqa: F401
+    except ImportError:
+        return "not installed (cassava.shared.compare is absent)"
+    _run_logged(_cassava("compare", "--cloud-model", "standin", "--edge-model", edge_model, "--data", "standin",
+                         "--out", out / "compare", "--quiet"), out / "logs" / "compare.log", "cassava compare")
+    print(f"report: {out / 'compare'} (log {out / 'logs' / 'compare.log'})")
+    return str(out / "compare")

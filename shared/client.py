@@ -1,14 +1,25 @@
 """`cassava predict` / `python -m cassava.client`: classify images and plot predictions against labels.
 
-The flow reads straight: image -> preprocess (shared) -> encode (shared) -> transport -> runtime -> decode -> label.
-Modes: `--in-process` runs the model here (like the tutorial's app.py).
+The flow reads straight: image -> preprocess (shared) -> encode (v2) -> transport -> runtime -> decode -> label.
+Where the model runs:
+  --in-process      here, like the tutorial's app.py (TF, or the TFLite interpreter for .tflite)
+  --local [URL]     MLServer on this machine (http://127.0.0.1:8080)
+  --remote [URL]    the Seldon Core ingress (http://localhost:8003/seldon/<namespace>/<deployment>)
+  --edge [URL]      the edge node (http://127.0.0.1:9080)
+  --auto            the edge while it is healthy, else the cloud (`--cloud URL`), back to the edge when it returns
+Servers are reached by `transport.py` (REST or gRPC) along a route from `routing.py` (one tier, or failover).
 """
 from __future__ import annotations
 
 import csv
+import io
+import itertools
 import json
 import sys
+import threading
 import time
+import uuid
+from collections import Counter
 from pathlib import Path
 from typing import List, Optional
 
@@ -16,17 +27,23 @@ import numpy as np
 
 from .data import Sample, describe, load_samples
 from .errors import BadImage, CassavaError
-from .labels import display_name, parse_class_list
-from .preprocess import preprocess
-from .spec import CROPNET_HANDLE, STANDIN_NOTE
+from .labels import CROPNET_CLASSES, TFDS_CLASSES, display_name, parse_class_list
+from .preprocess import decode_image, preprocess
+from .spec import CROPNET_HANDLE, STANDIN_NOTE, ModelSpec
 
 RECORD_KEYS = ("file", "label", "prediction", "probability", "tier", "latency_ms")
+MODEL_NAME = "cassava"
+LOCAL_URL = "http://127.0.0.1:8080"
+EDGE_URL = "http://127.0.0.1:9080"
+INGRESS_URL = "http://localhost:8003"  # `kubectl port-forward` to the Seldon/Istio ingress, as in Seldon's docs
+WIRE_FORMATS = ("compact", "uint8", "photo", "float32")  # as cassava.shared.v2 (not imported here: it loads MLServer)
 
 
 class InProcessBackend:
     """The model in this process: TF for SavedModels and TF Hub handles, the TFLite interpreter for .tflite."""
 
     tier = "in-process"
+    threads = 1  # one model call at a time: the TFLite interpreter is not thread-safe
 
     def __init__(self, model: str, input_scale=None, classes=None):
         from .classifier import load_classifier
@@ -41,54 +58,261 @@ class InProcessBackend:
 
         return predict_pixels(self.classifier, pixels), self.spec.class_names, [self.tier] * len(pixels)
 
+    def close(self):
+        pass
+
+
+class ServerBackend:
+    """A V2 server (or edge-with-cloud-failover) behind the same `classify()` as InProcessBackend.
+
+    The input size comes from the model's metadata; class names from `--classes`, the metadata's parameters if
+    the runtime publishes them, else CropNet's order, corrected by every response's (class id, label) pairs.
+    Each request has its own id; a request retried on the other tier keeps it, so either tier's logs and this
+    client see one answer per request.
+    """
+
+    threads = None  # any number of requests in flight
+
+    def __init__(self, route, wire: str = "compact", input_scale=None, classes=None, tier: Optional[str] = None):
+        from .routing import SingleRoute, Tier
+        from .transport import HttpTransport
+
+        if wire not in WIRE_FORMATS:
+            raise CassavaError(f"--wire {wire}: choose from {', '.join(WIRE_FORMATS)}")
+        if isinstance(route, str):  # a bare URL: one server over REST
+            route = SingleRoute(Tier("cloud", HttpTransport(route)))
+        self.route, self.wire = route, wire
+        self.info = route.metadata()
+        extra = self.info.parameters
+        names = _initial_class_names(self.info.num_classes, classes, extra.get("class_names"))
+        version = f" {self.info.versions[0]}" if self.info.versions else ""
+        where = " or ".join(t.transport.address for t in route.tiers)
+        self.spec = ModelSpec(
+            input_size=self.info.input_size,
+            input_scale=input_scale or float(extra.get("input_scale", 1.0)),
+            class_names=names,
+            description=str(extra.get("description") or f"model '{self.info.name}'{version} at {where}"),
+            standin=str(extra.get("standin", "")).lower() == "true",
+        )
+        self.title = self.spec.title
+        self.tier = tier or route.tiers[0].name
+        self._names_from_user = bool(classes)
+        self._lock = threading.Lock()
+        self._ids = itertools.count()
+        self._id_prefix = uuid.uuid4().hex[:12]
+
+    def classify(self, pixels: np.ndarray, samples: List[Sample]):
+        from .transport import TransportError, Unavailable
+        from .v2 import build_request, decode_response
+
+        request_id = f"{self._id_prefix}-{next(self._ids)}"
+        photos = [photo_bytes(s, p) for s, p in zip(samples, pixels)] if self.wire == "photo" else None
+        request = build_request(self.wire, pixels=pixels, photos=photos, input_scale=self.spec.input_scale,
+                                grpc=self.route.grpc, request_id=request_id)
+        response, tier = self.route.infer(request)
+        if response.id and response.id != request_id:
+            raise Unavailable(f"got the answer to request {response.id}, expected {request_id}")
+        try:
+            class_ids, probabilities, labels = decode_response(response)
+        except ValueError as exc:
+            raise TransportError(f"unexpected answer from the {tier}: {exc}") from None
+        if probabilities.shape != (len(pixels), self.spec.num_classes):
+            raise TransportError(f"the {tier} answered {probabilities.shape[0]} x {probabilities.shape[1]} "
+                                 f"probabilities for {len(pixels)} images x {self.spec.num_classes} classes")
+        return probabilities, self._learn_names(class_ids, labels), [tier] * len(pixels)
+
+    def _learn_names(self, class_ids, labels) -> tuple:
+        """The server's labels name the classes it predicts; they win over guesses (and over --classes, loudly)."""
+        with self._lock:
+            names = list(self.spec.class_names)
+            for class_id, label in zip(class_ids, labels):
+                if names[class_id] != label:
+                    if self._names_from_user:
+                        print(f"note: the server calls class {class_id} {label!r}, not {names[class_id]!r} "
+                              "as --classes says; using the server's name", file=sys.stderr)
+                    names[class_id] = label
+            self.spec.class_names = tuple(names)
+            return self.spec.class_names
+
+    def close(self):
+        self.route.close()
+
+
+def _initial_class_names(count: int, classes, published) -> tuple:
+    if classes:
+        if len(classes) != count:
+            raise CassavaError(f"--classes names {len(classes)} classes but the server's model has {count}")
+        return tuple(classes)
+    if published:
+        names = tuple(str(published).split(",")) if not isinstance(published, (list, tuple)) else tuple(published)
+        if len(names) == count:
+            return names
+    for known in (CROPNET_CLASSES, TFDS_CLASSES):
+        if len(known) == count:
+            return known
+    return tuple(f"class_{i}" for i in range(count))
+
+
+def photo_bytes(sample: Optional[Sample], pixels: np.ndarray) -> bytes:
+    """The original encoded file for the `photo` wire; decoded sources (TFDS arrays) go as lossless PNG."""
+    from PIL import Image
+
+    source = sample.source if sample is not None else pixels
+    if isinstance(source, (str, Path)):
+        try:
+            return Path(source).read_bytes()
+        except OSError as exc:
+            raise BadImage(f"{source}: cannot read ({exc.strerror or exc})") from None
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source)
+    buffer = io.BytesIO()
+    Image.fromarray(decode_image(source)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------- command line
+
 
 def add_arguments(parser):
-    modes = parser.add_mutually_exclusive_group()
-    modes.add_argument("--in-process", action="store_true", help="run the model in this process (default)")
-    parser.add_argument("--model", default=CROPNET_HANDLE,
-                        help="TF Hub handle (default: CropNet), SavedModel dir, .tflite or converted dir, or 'standin' "
-                             "(offline stand-in, synthetic data)")
+    where = parser.add_argument_group("where the model runs (one of; default --in-process)")
+    where.add_argument("--in-process", action="store_true", help="run the model in this process")
+    where.add_argument("--local", nargs="?", const=LOCAL_URL, metavar="URL", help=f"MLServer on this machine (default {LOCAL_URL})")
+    where.add_argument("--remote", nargs="?", const="", metavar="URL",
+                       help=f"the Seldon Core ingress (default {INGRESS_URL}/seldon/NAMESPACE/DEPLOYMENT); any base URL")
+    where.add_argument("--edge", nargs="?", const=EDGE_URL, metavar="URL", help=f"the edge node (default {EDGE_URL})")
+    where.add_argument("--auto", action="store_true",
+                       help="the edge (--edge URL) while it is healthy, else the cloud (--cloud URL); back to the edge when it returns")
+    where.add_argument("--cloud", metavar="URL", help=f"--auto's fallback: any base URL, e.g. the remote ingress (default {LOCAL_URL})")
+    where.add_argument("--namespace", default="default", help="--remote: Seldon namespace (default: default)")
+    where.add_argument("--deployment", default="cassava", help="--remote: SeldonDeployment name (default: cassava)")
+    where.add_argument("--model-name", default=MODEL_NAME, help=f"model name on the server (default {MODEL_NAME})")
+    parser.add_argument("--model", help="--in-process: TF Hub handle (default: CropNet), SavedModel dir, .tflite or "
+                                        "converted dir, or 'standin' (offline stand-in, synthetic data)")
     parser.add_argument("--data", nargs="+", required=True, metavar="DATA",
                         help="tfds:cassava/validation, a folder with one sub-folder per class, image files, or "
                              "'standin' (the stand-in's synthetic photos)")
     parser.add_argument("-n", type=int, default=16, help="classify the first N images (default 16; 0 = all)")
-    parser.add_argument("--batch-size", type=int, default=16, help="images per model call / request")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per model call / request (default 16)")
     parser.add_argument("--input-scale", type=float, choices=(1.0, 255.0), help="model pixel range: 1 = [0,1], 255 = raw 0-255")
     parser.add_argument("--classes", type=parse_class_list, help="class names in model output order, e.g. cbb,cbsd,cgm,cmd,healthy")
-    parser.add_argument("--plot", type=Path, help="save the prediction grid (PNG) here")
-    parser.add_argument("--json", type=Path, help="save one record per image (JSON list) here")
-    parser.add_argument("--csv", type=Path, help="save one record per image (CSV) here")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    wire = parser.add_argument_group("talking to a server")
+    wire.add_argument("--wire", choices=WIRE_FORMATS, default="compact",
+                      help="compact: preprocessed pixels as lossless WebP (default); uint8: raw pixels; photo: the "
+                           "original files; float32: the tutorial's float JSON")
+    wire.add_argument("--grpc", action="store_true", help="gRPC instead of REST (port: the HTTP port + 1, or --grpc-url)")
+    wire.add_argument("--grpc-url", metavar="HOST:PORT", help="gRPC address (implies --grpc)")
+    wire.add_argument("--concurrency", type=int, default=2, help="requests in flight at once (default 2)")
+    wire.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each answer (default 30)")
+    wire.add_argument("--retries", type=int, default=3,
+                      help="retries after a connection error or 5xx, with exponential backoff (default 3; 4xx never)")
+    wire.add_argument("--probe-interval", type=float, default=3.0, help="--auto: seconds between checks of a down edge (default 3)")
+    out = parser.add_argument_group("output")
+    out.add_argument("--plot", type=Path, help="save the prediction grid (PNG) here")
+    out.add_argument("--json", type=Path, help="save one record per image (JSON list) here")
+    out.add_argument("--csv", type=Path, help="save one record per image (CSV) here")
+    out.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def chosen_mode(args) -> str:
+    """The one place the mode flags are reconciled (`--edge URL` is also --auto's preferred tier)."""
+    if args.auto:
+        others = [f for f, v in (("--in-process", args.in_process), ("--local", args.local), ("--remote", args.remote)) if v is not None and v is not False]
+        if others:
+            raise CassavaError(f"--auto chooses between --edge and --cloud; drop {', '.join(others)} (give the cloud as --cloud URL)")
+        return "auto"
+    given = [m for m, v in (("in-process", args.in_process), ("local", args.local), ("remote", args.remote), ("edge", args.edge))
+             if v is not None and v is not False]
+    if len(given) > 1:
+        raise CassavaError(f"choose one of --{', --'.join(given)}")
+    if args.cloud:
+        raise CassavaError("--cloud is the --auto fallback; for the cloud alone use --local URL or --remote URL")
+    return given[0] if given else "in-process"
+
+
+def remote_url(url: Optional[str], namespace: str, deployment: str) -> str:
+    """A bare ingress address gets Seldon's `/seldon/<namespace>/<deployment>` prefix; a URL with a path is used as is."""
+    from urllib.parse import urlsplit
+
+    from .transport import check_base_url
+
+    base = check_base_url(url or INGRESS_URL)
+    return base if urlsplit(base).path else f"{base}/seldon/{namespace}/{deployment}"
 
 
 def make_backend(args):
-    return InProcessBackend(args.model, input_scale=args.input_scale, classes=args.classes)
+    mode = chosen_mode(args)
+    if mode == "in-process":
+        return InProcessBackend(args.model or CROPNET_HANDLE, input_scale=args.input_scale, classes=args.classes)
+    from .routing import FailoverRoute, SingleRoute, Tier
+    from .transport import make_transport
+
+    if args.model:
+        raise CassavaError("--model is for --in-process; a server classifies with the model it serves (cassava serve --model)")
+    if args.timeout <= 0 or args.retries < 0 or args.probe_interval <= 0:
+        raise CassavaError("--timeout and --probe-interval must be above 0, --retries 0 or more")
+    grpc = bool(args.grpc or args.grpc_url)
+    options = dict(timeout=args.timeout, retries=args.retries)
+    if mode == "auto":
+        if args.grpc_url:
+            raise CassavaError("--auto with --grpc uses each tier's HTTP port + 1; --grpc-url names one server only")
+        # A connection error on the edge is an answer in itself: fall back at once rather than retry a dead Pi.
+        edge = Tier("edge", make_transport(args.edge or EDGE_URL, args.model_name, grpc, **{**options, "retries": 0}))
+        cloud = Tier("cloud", make_transport(args.cloud or LOCAL_URL, args.model_name, grpc, **options))
+        route, tier = FailoverRoute(edge, cloud, probe_interval_s=args.probe_interval), "auto"
+    else:
+        headers = ()
+        if mode == "remote":
+            url = remote_url(args.remote, args.namespace, args.deployment)
+            headers = (("seldon", args.deployment), ("namespace", args.namespace))  # Seldon's gRPC routing headers
+        else:
+            url = args.local if mode == "local" else args.edge
+        tier = "edge" if mode == "edge" else "cloud"
+        route = SingleRoute(Tier(tier, make_transport(url, args.model_name, grpc, args.grpc_url, headers, **options)))
+    try:
+        return ServerBackend(route, wire=args.wire, input_scale=args.input_scale, classes=args.classes, tier=tier)
+    except BaseException:
+        route.close()
+        raise
 
 
-def classify_samples(backend, samples: List[Sample], batch_size: int, progress: bool = True):
-    """Preprocess, classify and label every sample; a bad image becomes a record with an `error`, never a gap.
+# ---------------------------------------------------------------- classifying
 
-    Returns (records, thumbnails) in sample order.
-    """
+
+def _say(message: str) -> None:
     from tqdm import tqdm
 
-    records, thumbnails = [], []
-    size = backend.spec.input_size
-    bar = tqdm(total=len(samples), unit="img", disable=not progress, file=sys.stderr, desc="classifying")
-    for start in range(0, len(samples), max(1, batch_size)):
-        chunk = samples[start:start + batch_size]
-        good, pixels = [], []
-        for sample in chunk:
-            try:
-                pixels.append(preprocess(sample.source, size))
-                good.append(sample)
-            except BadImage as exc:
-                print(f"skipped {sample.name}: {exc}", file=sys.stderr)
-        results = {}
-        if good:
-            batch = np.stack(pixels)
-            started = time.perf_counter()
+    tqdm.write(message, file=sys.stderr)  # above the progress bar, not through it
+
+
+def _failed_record(sample: Sample, error: str, unanswered: bool) -> dict:
+    """`unanswered`: the request failed (server or network), as opposed to an unreadable image."""
+    return {"file": sample.name, "label": sample.label, "prediction": None, "probability": None,
+            "tier": None, "latency_ms": None, "error": error, "unanswered": unanswered}
+
+
+def classify_chunk(backend, chunk: List[Sample], size: int):
+    """One request's worth: [(thumbnail or None, record)] in chunk order; every sample gets a record."""
+    from .transport import TransportError
+
+    errors, good, pixels, unanswered = {}, [], [], set()
+    for sample in chunk:
+        try:
+            pixels.append(preprocess(sample.source, size))
+            good.append(sample)
+        except BadImage as exc:
+            errors[id(sample)] = str(exc)
+            _say(f"skipped {sample.name}: {exc}")
+    results = {}
+    if good:
+        batch = np.stack(pixels)
+        started = time.perf_counter()
+        try:
             probabilities, class_names, tiers = backend.classify(batch, good)
+        except (TransportError, BadImage) as exc:  # a 4xx keeps the server's message; 5xx/unreachable after retries
+            _say(f"{len(good)} image(s) failed: {exc}")
+            errors.update((id(s), str(exc)) for s in good)
+            unanswered = {id(s) for s in good}
+        else:
             latency_ms = (time.perf_counter() - started) * 1000.0 / len(good)
             for sample, image, probs, tier in zip(good, batch, probabilities, tiers):
                 best = int(np.argmax(probs))
@@ -97,16 +321,49 @@ def classify_samples(backend, samples: List[Sample], batch_size: int, progress: 
                     "probability": round(float(probs[best]), 6), "tier": tier, "latency_ms": round(latency_ms, 3),
                     "probabilities": {c: round(float(p), 6) for c, p in zip(class_names, probs)},
                 })
-        for sample in chunk:
-            image, record = results.get(id(sample), (None, None))
-            if record is None:
-                record = {"file": sample.name, "label": sample.label, "prediction": None, "probability": None,
-                          "tier": None, "latency_ms": None, "error": "unreadable image"}
-            records.append(record)
-            thumbnails.append(image)
-        bar.update(len(chunk))
-    bar.close()
-    return records, thumbnails
+    return [results.get(id(s)) or (None, _failed_record(s, errors.get(id(s), "not classified"), id(s) in unanswered))
+            for s in chunk]
+
+
+def classify_samples(backend, samples: List[Sample], batch_size: int, progress: bool = True, concurrency: int = 1):
+    """Preprocess, classify and label every sample, `concurrency` requests at a time; a bad image or a failed
+    request becomes a record with an `error`, never a gap. Returns (records, thumbnails) in sample order."""
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    from tqdm import tqdm
+
+    size = backend.spec.input_size
+    batch_size = max(1, batch_size)
+    chunks = [samples[i:i + batch_size] for i in range(0, len(samples), batch_size)]
+    threads = max(1, min(concurrency, len(chunks), getattr(backend, "threads", None) or concurrency))
+    results = [None] * len(chunks)
+    bar = tqdm(total=len(samples), unit="img", disable=not progress, file=sys.stderr, desc="classifying")
+    try:
+        if threads == 1:
+            for index, chunk in enumerate(chunks):
+                results[index] = classify_chunk(backend, chunk, size)
+                bar.update(len(chunk))
+        else:
+            pool = ThreadPoolExecutor(threads, thread_name_prefix="classify")
+            try:
+                futures = {pool.submit(classify_chunk, backend, chunk, size): i for i, chunk in enumerate(chunks)}
+                for future in as_completed(futures):
+                    results[futures[future]] = future.result()
+                    bar.update(len(chunks[futures[future]]))
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)  # on Ctrl-C: drop what has not started
+    finally:
+        bar.close()
+    pairs = [pair for chunk_results in results for pair in chunk_results]
+    return [record for _, record in pairs], [image for image, _ in pairs]
+
+
+def tier_summary(records, default: str) -> str:
+    """`edge`, `cloud`, or for --auto how many each tier answered: `edge 40, cloud 24`."""
+    counts = Counter(r["tier"] for r in records if r.get("prediction"))
+    if len(counts) == 1:
+        return next(iter(counts))
+    return ", ".join(f"{tier} {n}" for tier, n in counts.most_common()) if counts else default
 
 
 def summarize(records, title: str, tier: str) -> str:
@@ -150,30 +407,36 @@ def write_outputs(records, thumbnails, title: str, tier: str, plot: Optional[Pat
 
 
 def run(args) -> int:
+    """Exit code 1 when a request failed or nothing was classified; unreadable images alone are skipped (and
+    reported, each in its record) without failing the run."""
     if args.n < 0:
         raise CassavaError("-n must be 0 (all) or more")
-    if args.batch_size < 1:
-        raise CassavaError("--batch-size must be at least 1")
+    if args.batch_size < 1 or args.concurrency < 1:
+        raise CassavaError("--batch-size and --concurrency must be at least 1")
+    chosen_mode(args)  # conflicting flags fail before any data is read
     samples = load_samples(args.data, args.n or None)
     backend = make_backend(args)
-    records, thumbnails = classify_samples(backend, samples, args.batch_size, progress=not args.quiet)
+    try:
+        records, thumbnails = classify_samples(backend, samples, args.batch_size, progress=not args.quiet,
+                                               concurrency=args.concurrency)
+    finally:
+        backend.close()
     title = backend.title
     if "standin" in describe(args.data) and STANDIN_NOTE not in title:
         title = f"{title} ({STANDIN_NOTE})"
-    write_outputs(records, thumbnails, title, backend.tier, args.plot, args.json, args.csv)
+    tier = tier_summary(records, backend.tier)
+    write_outputs(records, thumbnails, title, tier, args.plot, args.json, args.csv)
     done = [r for r in records if r.get("prediction")]
     if len(samples) == 1 and done:
         print(top_k_text(done[0]))
-    print(summarize(records, title, backend.tier))
+    print(summarize(records, title, tier))
     for label, path in (("plot", args.plot), ("json", args.json), ("csv", args.csv)):
         if path:
             print(f"{label}: {path}")
-    return 0 if done else 1
+    return 0 if done and not any(r.get("unanswered") for r in records) else 1
 
 
 def main(argv=None) -> int:
-    import argparse
-
     from cassava.cli import main as cli_main
 
     return cli_main(["predict", *(sys.argv[1:] if argv is None else argv)])
