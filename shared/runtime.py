@@ -8,8 +8,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import grpc
 from mlserver import MLModel
-from mlserver.types import InferenceRequest, InferenceResponse
+from mlserver.grpc.utils import STATUS_CODE_MAPPING
+from mlserver.types import InferenceRequest, InferenceResponse, MetadataModelResponse, Parameters
 from prometheus_client import REGISTRY, Counter, Histogram
 
 from .batching import MicroBatcher
@@ -18,6 +20,10 @@ from .errors import CassavaError
 from .v2 import DEFAULT_MAX_REQUEST_IMAGES, BadRequest, build_response, metadata_inputs, metadata_outputs, request_to_model_input
 
 log = logging.getLogger("cassava.runtime")
+
+# MLServer gives gRPC clients a code for 400/404/422/500 only: a batch over the limit (413 over REST) would arrive
+# as UNKNOWN, which reads as a server fault and invites retries. RESOURCE_EXHAUSTED is gRPC's own "too large".
+STATUS_CODE_MAPPING.setdefault(413, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 
 _METRICS = {}
@@ -86,6 +92,17 @@ class ImageClassifierRuntime(MLModel):
         for class_id in probabilities.argmax(axis=1):
             _metrics()["predictions"].labels(self.name, self.tier, spec.class_names[class_id]).inc()
         return response
+
+    async def metadata(self) -> MetadataModelResponse:
+        """MLServer's metadata plus what a client needs beyond shapes: what the model is (so a remote client's plots
+        say "stand-in model, synthetic data"), its classes and pixel range. Strings: gRPC parameters are scalars."""
+        metadata = await super().metadata()
+        spec = self.classifier.spec
+        current = metadata.parameters.model_dump(exclude_none=True) if metadata.parameters else {}
+        metadata.parameters = Parameters(**current, description=spec.title, class_names=",".join(spec.class_names),
+                                         input_scale=f"{spec.input_scale:g}", standin=str(spec.standin).lower(),
+                                         tier=self.tier)
+        return metadata
 
     async def unload(self) -> bool:
         if getattr(self, "_batcher", None):

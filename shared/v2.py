@@ -42,7 +42,8 @@ class BadRequest(MLServerError):
 def encode_compact(pixels: np.ndarray) -> bytes:
     """Preprocessed pixels [H, W, 3] as lossless WebP: the same pixels at a fraction of the bytes."""
     buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="WEBP", lossless=True, quality=50, method=2)
+    # method 0 encodes 2-3x faster than method 2 for ~5% more bytes (measured in benchmarks/bench_client.py)
+    Image.fromarray(pixels).save(buffer, format="WEBP", lossless=True, quality=0, method=0)
     return buffer.getvalue()
 
 
@@ -163,6 +164,9 @@ def request_to_model_input(request: InferenceRequest, spec: ModelSpec,
         raise BadRequest(f"expected exactly one input ({FLOAT_INPUT}, {PIXELS_INPUT} or {PHOTOS_INPUT}), got {names}")
     request_input = request.inputs[0]
     name, datatype = request_input.name, request_input.datatype
+    if datatype != "BYTES" and len(request_input.shape or []) != 4:  # say "rank" before reading shape[0] as N
+        raise BadRequest(f"input {name!r}: expected rank 4 [N, {spec.input_size}, {spec.input_size}, 3], "
+                         f"got shape {list(request_input.shape or [])}")
     n = _batch_size(request_input, max_images)
     if name == PHOTOS_INPUT or (name == FLOAT_INPUT and datatype == "BYTES"):
         if datatype != "BYTES":

@@ -52,7 +52,8 @@ class MLServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
         base = {"host": "127.0.0.1", "http_port": self.http_port, "grpc_port": self.grpc_port,
-                "metrics_port": self.metrics_port, "parallel_workers": 0, "grpc_max_message_length": 67108864}
+                "metrics_port": self.metrics_port, "parallel_workers": 0, "grpc_max_message_length": 67108864,
+                "model_repository_implementation": "cassava.shared.repository.CassavaModelRepository"}
         base.update(settings or {})
         (self.workdir / "settings.json").write_text(json.dumps(base))
         (self.workdir / "model-settings.json").write_text(json.dumps(model_settings))

@@ -1,0 +1,199 @@
+"""Reliability against real servers, both tiers: bad input gets a 4xx that says what was wrong and the server keeps
+serving; 8 concurrent clients x 100 requests get exactly the answers each image gets alone.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import struct
+import threading
+import zlib
+from pathlib import Path
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from cassava.shared.data import load_samples
+from cassava.shared.preprocess import preprocess
+from cassava.shared.v2 import build_request, decode_response
+from helpers import REPO, MLServer
+from test_convert import converted, standin_args
+
+pytestmark = pytest.mark.slow
+BODY_LIMIT = 4_000_000  # small for the test: three images as float JSON (~6 MB) are over it
+
+
+def _png(width=8, height=8) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((height, width, 3), 90, np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _truncated_jpeg() -> bytes:
+    buffer = io.BytesIO()
+    noise = np.random.default_rng(3).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()[:600]  # header intact, scan data cut off
+
+
+def _png_bomb(width=20000, height=20000) -> bytes:
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+
+
+def _photos_input(photos, name="photos"):
+    return {"name": name, "datatype": "BYTES", "shape": [len(photos)], "parameters": {"content_type": "base64"},
+            "data": [base64.b64encode(p).decode() for p in photos]}
+
+
+def _tensor(name, datatype, shape, data):
+    return {"name": name, "datatype": datatype, "shape": shape, "data": data}
+
+
+ZEROS = [0] * (224 * 224 * 3)
+
+# (case, JSON body or raw bytes, model name, expected status, words the message must contain)
+BAD_REQUESTS = [
+    ("wrong rank", {"inputs": [_tensor("pixels", "UINT8", [224, 224, 3], ZEROS)]}, "cassava", 400, "rank 4"),
+    ("wrong image size (UINT8)", {"inputs": [_tensor("pixels", "UINT8", [1, 100, 100, 3], [0] * 30000)]}, "cassava", 400, "[224, 224, 3]"),
+    ("wrong image size (FP32)", {"inputs": [_tensor("payload", "FP32", [1, 32, 32, 3], [0.0] * 3072)]}, "cassava", 400, "[224, 224, 3]"),
+    ("wrong datatype", {"inputs": [_tensor("payload", "INT32", [1, 224, 224, 3], ZEROS)]}, "cassava", 400, "datatype"),
+    ("NaN floats", b'{"inputs":[{"name":"payload","datatype":"FP32","shape":[1,224,224,3],"data":[NaN'
+     + b",0.0" * (224 * 224 * 3 - 1) + b"]}]}", "cassava", 422, "JSON decode error"),  # JSON has no NaN; gRPC test below
+    ("values outside the pixel range", {"inputs": [_tensor("payload", "FP32", [1, 224, 224, 3], [1.5] * (224 * 224 * 3))]},
+     "cassava", 400, "outside [0, 1]"),
+    ("empty batch", {"inputs": [_tensor("pixels", "UINT8", [0, 224, 224, 3], [])]}, "cassava", 400, "empty batch"),
+    ("batch above the limit", {"inputs": [_photos_input([_png()] * 65)]}, "cassava", 413, "limit of 64"),
+    ("corrupt JPEG", {"inputs": [_photos_input([_truncated_jpeg()])]}, "cassava", 400, "corrupt"),
+    ("non-image bytes", {"inputs": [_photos_input([b"%PDF-1.4 this is a document"])]}, "cassava", 400, "not an image"),
+    ("decompression bomb", {"inputs": [_photos_input([_png_bomb()])]}, "cassava", 400, "pixel"),
+    ("body above the limit", {"inputs": [_tensor("payload", "FP32", [3, 224, 224, 3], [0.123456789] * (3 * 224 * 224 * 3))]},
+     "cassava", 413, "above the limit"),
+    ("unknown input name", {"inputs": [_tensor("image", "UINT8", [1, 224, 224, 3], ZEROS)]}, "cassava", 400, "unknown input"),
+    ("unknown model name", {"inputs": [_tensor("pixels", "UINT8", [1, 224, 224, 3], ZEROS)]}, "rice", 404, "rice"),
+    ("malformed JSON", b'{"inputs": [{"name": "pixels", "datatype": ', "cassava", 422, "JSON decode error"),
+]
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory, standin_model):
+    """A cloud server (TF stand-in) and an edge server (int8 TFLite stand-in), shipped settings, free ports."""
+    root = tmp_path_factory.mktemp("reliability")
+    edge_model = converted(tmp_path_factory.getbasetemp() / "conversions", "standin-int8", *standin_args("int8"))
+    env = {"CASSAVA_MAX_REQUEST_BYTES": str(BODY_LIMIT)}
+    cloud_settings = json.loads((REPO / "cloud" / "model-settings.json").read_text())
+    cloud_settings["parameters"]["uri"] = "standin"
+    edge_settings = json.loads((REPO / "edge" / "model-settings.json").read_text())
+    edge_settings["parameters"]["uri"] = str(edge_model)
+    started = {"cloud": MLServer(root / "cloud", cloud_settings, env=env), "edge": MLServer(root / "edge", edge_settings, env=env)}
+    try:
+        for server in started.values():
+            server.start(timeout=180)
+        yield started
+    finally:
+        for server in started.values():
+            server.stop()
+
+
+@pytest.fixture(scope="module")
+def images(standin_data):
+    samples = load_samples([str(standin_data)], 16)
+    return np.stack([preprocess(s.source, 224) for s in samples])
+
+
+def _post(server, body, model="cassava") -> httpx.Response:
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return httpx.post(f"{server.url}/v2/models/{model}/infer", content=content,
+                      headers={"content-type": "application/json"}, timeout=60)
+
+
+def _infer(server, client: httpx.Client, request):
+    from mlserver.types import InferenceResponse
+
+    reply = client.post(f"{server.url}/v2/models/cassava/infer", content=request.model_dump_json(exclude_none=True),
+                        headers={"content-type": "application/json"}, timeout=120)
+    assert reply.status_code == 200, reply.text
+    return decode_response(InferenceResponse.model_validate_json(reply.content))
+
+
+def _still_serving(server, images):
+    assert server.alive()
+    with httpx.Client() as client:
+        class_ids, probabilities, _ = _infer(server, client, build_request("uint8", pixels=images[:2]))
+    assert class_ids.shape == (2,) and np.allclose(probabilities.sum(1), 1, atol=0.02)  # int8 outputs step in 1/256
+
+
+@pytest.mark.parametrize("tier", ["cloud", "edge"])
+@pytest.mark.parametrize("case, body, model, status, words", BAD_REQUESTS, ids=[c[0] for c in BAD_REQUESTS])
+def test_bad_request_gets_a_clear_4xx_and_the_server_keeps_serving(servers, images, tier, case, body, model, status, words):
+    server = servers[tier]
+    reply = _post(server, body, model)
+    assert reply.status_code == status, f"{case}: {reply.status_code} {reply.text[:300]}"
+    message = reply.json().get("error") or json.dumps(reply.json().get("detail"))
+    assert message and words in message, f"{case}: {message[:300]}"
+    _still_serving(server, images)
+
+
+@pytest.mark.parametrize("tier", ["cloud", "edge"])
+def test_grpc_bad_requests_get_status_codes(servers, images, tier):
+    from mlserver.grpc import converters, dataplane_pb2_grpc
+
+    server = servers[tier]
+    cases = [
+        (build_request("uint8", pixels=np.zeros((1, 100, 100, 3), np.uint8)), "cassava", grpc.StatusCode.INVALID_ARGUMENT, "[224, 224, 3]"),
+        (build_request("photo", photos=[b"not an image"], grpc=True), "cassava", grpc.StatusCode.INVALID_ARGUMENT, "not an image"),
+        (build_request("photo", photos=[_png()] * 65, grpc=True), "cassava", grpc.StatusCode.RESOURCE_EXHAUSTED, "limit"),
+        (build_request("uint8", pixels=images[:1]), "rice", grpc.StatusCode.NOT_FOUND, "rice"),
+    ]
+    nan = build_request("float32", pixels=images[:1])
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        stub = dataplane_pb2_grpc.GRPCInferenceServiceStub(channel)
+        message = converters.ModelInferRequestConverter.from_types(nan, model_name="cassava")
+        message.inputs[0].contents.fp32_contents[7] = float("nan")
+        cases_pb = [(message, grpc.StatusCode.INVALID_ARGUMENT, "NaN")]
+        cases_pb += [(converters.ModelInferRequestConverter.from_types(r, model_name=m), code, words) for r, m, code, words in cases]
+        for request, code, words in cases_pb:
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.ModelInfer(request, timeout=60)
+            assert caught.value.code() == code and words in caught.value.details(), caught.value.details()
+    _still_serving(server, images)
+
+
+@pytest.mark.parametrize("tier", ["cloud", "edge"])
+def test_eight_clients_times_100_requests_get_the_answers_sent_alone(servers, images, tier):
+    server = servers[tier]
+    with httpx.Client() as client:  # each image alone, one at a time: the reference answers
+        alone = [_infer(server, client, build_request("uint8", pixels=images[i:i + 1]))[1][0] for i in range(len(images))]
+    errors, mismatches = [], []
+
+    def client_thread(seed: int):
+        rng = np.random.default_rng(seed)
+        with httpx.Client() as client:
+            for _ in range(100):
+                index = int(rng.integers(len(images)))
+                wire = ("uint8", "compact")[int(rng.integers(2))]
+                try:
+                    class_ids, probabilities, _ = _infer(server, client, build_request(wire, pixels=images[index:index + 1]))
+                except Exception as exc:  # noqa: BLE001 - counted and reported below
+                    errors.append(repr(exc)[:200])
+                    continue
+                if class_ids[0] != alone[index].argmax() or not np.allclose(probabilities[0], alone[index], atol=1e-5):
+                    mismatches.append((seed, index))
+
+    threads = [threading.Thread(target=client_thread, args=(seed,)) for seed in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(600)
+    assert not any(t.is_alive() for t in threads), "clients still running after 10 minutes"
+    assert errors == [] and mismatches == []
+    metrics = httpx.get(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=30).text
+    batched = [l for l in metrics.splitlines() if l.startswith("cassava_batch_images_count")]
+    assert batched, "the runtime's batch histogram is missing"
