@@ -197,3 +197,22 @@ def test_eight_clients_times_100_requests_get_the_answers_sent_alone(servers, im
     metrics = httpx.get(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=30).text
     batched = [l for l in metrics.splitlines() if l.startswith("cassava_batch_images_count")]
     assert batched, "the runtime's batch histogram is missing"
+
+
+def test_model_folders_cannot_bring_their_own_code(tmp_path, standin_model):
+    """A model-settings.json dropped inside the served folder names foreign code: MLServer would import it."""
+    settings = json.loads((REPO / "cloud" / "model-settings.json").read_text())
+    settings["parameters"]["uri"] = "standin"
+    server = MLServer(tmp_path / "served", settings)
+    evil = server.workdir / "evil"
+    evil.mkdir()
+    marker = tmp_path / "evil-code-ran"
+    (evil / "evil_runtime.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n"
+        "from mlserver import MLModel\nclass Runtime(MLModel):\n    async def load(self):\n        return True\n")
+    (evil / "model-settings.json").write_text(json.dumps({"name": "evil", "implementation": "evil_runtime.Runtime"}))
+    with server:
+        assert httpx.get(f"{server.url}/v2/models/evil/ready", timeout=30).status_code == 404
+        assert httpx.get(f"{server.url}/v2/models/cassava/ready", timeout=30).status_code == 200
+    assert not marker.exists()
+    assert "Refusing model 'evil'" in server.log()
