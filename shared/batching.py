@@ -31,6 +31,7 @@ class MicroBatcher:
         self._queue: asyncio.Queue = asyncio.Queue()
         self._carry = None
         self._task = None
+        self._running = set()  # the loop keeps only weak references to tasks: hold running batches here
 
     async def predict(self, x: np.ndarray) -> np.ndarray:
         future = asyncio.get_running_loop().create_future()
@@ -65,7 +66,9 @@ class MicroBatcher:
                     break
                 batch.append(item)
                 count += len(item[0])
-            asyncio.create_task(self._run(batch))
+            task = asyncio.create_task(self._run(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
 
     async def _run(self, batch):
         try:
