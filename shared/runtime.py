@@ -17,6 +17,7 @@ from prometheus_client import REGISTRY, Counter, Histogram
 from .batching import MicroBatcher
 from .classifier import Classifier
 from .errors import CassavaError
+from .labels import parse_class_list
 from .v2 import DEFAULT_MAX_REQUEST_IMAGES, BadRequest, build_response, metadata_inputs, metadata_outputs, request_to_model_input
 
 log = logging.getLogger("cassava.runtime")
@@ -47,6 +48,15 @@ class ImageClassifierRuntime(MLModel):
     def load_classifier(self, uri: str, extra: dict) -> Classifier:
         raise NotImplementedError
 
+    @staticmethod
+    def spec_overrides(extra: dict) -> dict:
+        """Model-spec overrides a model-settings.json may carry in `parameters.extra` (what --input-scale and
+        --classes say on the command line), beside the model's own cassava-model.json."""
+        classes = extra.get("classes")
+        if isinstance(classes, str):
+            classes = parse_class_list(classes)
+        return {"input_scale": extra.get("input_scale"), "classes": classes}
+
     def _extra(self) -> dict:
         parameters = self.settings.parameters
         return dict(parameters.extra or {}) if parameters and parameters.extra else {}
@@ -76,7 +86,8 @@ class ImageClassifierRuntime(MLModel):
             self.classifier.predict,
             max_images=int(extra.get("max_batch_images", 16)),
             max_wait_s=float(extra.get("max_batch_wait_ms", 5)) / 1000.0,
-            concurrency=int(extra.get("concurrent_batches", 1)),
+            # One batch in flight per interpreter a classifier pools (TFLite); TF parallelises inside one call.
+            concurrency=int(extra.get("concurrent_batches", getattr(self.classifier, "pool_size", 1))),
             on_batch=_metrics()["batch_images"].labels(self.name, self.tier).observe,
         )
         log.info("model %s ready on the %s tier: %s, %dx%d input, classes %s", self.name, self.tier, spec.title,

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -39,6 +38,18 @@ def wait_ready(url: str, timeout: float = 120.0, process: subprocess.Popen = Non
             pass
         time.sleep(0.3)
     raise TimeoutError(f"{url} not ready after {timeout:.0f} s")
+
+
+def stop_process_group(process: subprocess.Popen, grace: float = 20.0) -> None:
+    """SIGTERM a process started with start_new_session=True and its children; SIGKILL after `grace` seconds."""
+    if process is None or process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
 
 
 class MLServer:
@@ -97,13 +108,7 @@ class MLServer:
             self.process.wait(10)
 
     def stop(self) -> None:
-        if self.alive():
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
+        stop_process_group(self.process)
 
     def __enter__(self):
         return self.start()

@@ -8,7 +8,6 @@ import csv
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -21,7 +20,7 @@ import pytest
 
 from cassava.shared.data import load_samples
 from cassava.shared.labels import CROPNET_CLASSES
-from helpers import REPO, MLServer, free_port, run_cli, wait_ready
+from helpers import REPO, MLServer, free_port, run_cli, stop_process_group, wait_ready
 
 pytestmark = pytest.mark.slow
 STANDIN_NOTE = "stand-in model, synthetic data"
@@ -138,13 +137,7 @@ class Nginx:
         return [line for line in self.access_log.read_text().splitlines() if "/v2/models/cassava/infer" in line]
 
     def stop(self):
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
+        stop_process_group(self.process)
 
 
 # ---------------------------------------------------------------------------------------------- --local

@@ -9,7 +9,6 @@ import json
 import struct
 import threading
 import zlib
-from pathlib import Path
 
 import grpc
 import httpx

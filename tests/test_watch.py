@@ -7,10 +7,10 @@ import subprocess
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from helpers import BIN, MLServer, REPO
+from test_convert import converted, standin_args
 
 pytestmark = pytest.mark.slow
 
@@ -45,16 +45,8 @@ def _watch(model, source, out, *extra):
 
 @pytest.fixture(scope="module")
 def watch_model(standin_model, tmp_path_factory):
-    """The int8 TFLite stand-in when the converter is installed; the SavedModel otherwise."""
-    try:
-        import cassava.edge.convert  # noqa: F401
-    except ImportError:
-        return standin_model
-    out = tmp_path_factory.mktemp("watch-int8")
-    result = subprocess.run([str(BIN / "cassava"), "convert", "--model", "standin", "--out", str(out),
-                             "--quantize", "int8", "--samples", "60"], capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr
-    return out / "model.tflite"
+    """The int8 TFLite stand-in, as a Pi would run it (converted once per session, shared with the edge tests)."""
+    return converted(tmp_path_factory.getbasetemp() / "conversions", "standin-int8", *standin_args("int8")) / "model.tflite"
 
 
 @pytest.fixture(scope="module")
