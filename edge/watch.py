@@ -118,50 +118,44 @@ class Forwarder:
     """Sends recorded photos to the cloud model, oldest first; what is not yet answered stays in the backlog."""
 
     def __init__(self, base_url: str, log: ResultLog, timeout: float = 10.0):
-        self.base_url = base_url.rstrip("/")
+        from cassava.shared.transport import HttpTransport
+
+        # One try per round: the next round (every --every) is the retry, so the device never stalls on the uplink.
+        self.transport = HttpTransport(base_url, timeout=timeout, retries=0)
         self.log = log
         self.forwarded = ResultLog(log.path.with_suffix(".forwarded.jsonl"))
         self.done = {r["id"] for r in self.forwarded.records}
-        self.timeout = timeout
 
     def backlog(self):
         return [r for r in self.log.records if r["id"] not in self.done and r.get("path")]
 
     def drain(self) -> int:
         """Forward as much of the backlog as the cloud takes now; stop at the first failure (retry next round)."""
-        import httpx
-
+        from cassava.shared.transport import Rejected, Unavailable
         from cassava.shared.v2 import build_request, decode_response
-        from mlserver.types import InferenceResponse
 
-        sent = 0
-        model_url = f"{self.base_url}/v2/models/cassava"
-        try:  # MLServer answers 400 "not ready" while a model loads: only send to a ready model
-            if httpx.get(f"{model_url}/ready", timeout=self.timeout).status_code != 200:
-                return 0
-        except httpx.HTTPError:
+        if not self.backlog() or not self.transport.ready():
             return 0
+        sent = 0
         for record in self.backlog():
-            photo = Path(record["path"]).read_bytes()
-            request = build_request("photo", photos=[photo], request_id=record["id"])
+            request = build_request("photo", photos=[Path(record["path"]).read_bytes()], request_id=record["id"])
+            entry = {"id": record["id"], "time": now()}
             try:
-                reply = httpx.post(f"{model_url}/infer", content=request.model_dump_json(),
-                                   headers={"content-type": "application/json"}, timeout=self.timeout)
-            except httpx.HTTPError:
-                return sent  # unreachable: keep the backlog
-            if reply.status_code >= 500 or "not ready" in reply.text:
-                return sent
-            entry = {"id": record["id"], "time": now(), "status": reply.status_code}
-            if reply.status_code == 200:
-                _, probabilities, labels = decode_response(InferenceResponse.model_validate_json(reply.content))
-                entry.update(cloud_prediction=labels[0], cloud_probability=round(float(probabilities[0].max()), 6),
-                             edge_prediction=record["top"][0]["class"])
-            else:  # the cloud refused this photo for good: record why rather than retry forever
-                entry["error"] = reply.text[:300]
+                _, probabilities, labels = decode_response(self.transport.infer(request))
+                entry.update(status=200, cloud_prediction=labels[0], edge_prediction=record["top"][0]["class"],
+                             cloud_probability=round(float(probabilities[0].max()), 6))
+            except Rejected as exc:  # the cloud refused this photo for good: record why rather than retry forever
+                entry.update(status=exc.status, error=str(exc)[:300])
+            except Unavailable:
+                return sent  # uplink down or cloud busy: keep the backlog
             self.forwarded.append(entry)
             self.done.add(record["id"])
             sent += 1
         return sent
+
+    def close(self):
+        self.transport.close()
+        self.forwarded.close()
 
 
 def run(args) -> int:
@@ -243,6 +237,7 @@ def run(args) -> int:
             pending = len(forwarder.backlog())
             if pending:
                 print(f"{pending} result(s) not yet forwarded: they stay in the backlog for the next run", file=sys.stderr)
+            forwarder.close()
         log.close()
     print(f"{new} new image(s) classified; {len(log.records)} in {args.out}", file=sys.stderr)
     return 0
