@@ -7,6 +7,7 @@ that never becomes ready ends this command with one line and exit code 2.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -98,7 +99,8 @@ def check_model(tier: str, model: str, input_scale=None, classes=None, debug: bo
             from cassava.edge.interpreter import load_tflite_classifier
         except ImportError as exc:
             raise CassavaError(f"the edge tier is not installed ({exc}); pip install 'cassava-cloud-edge[edge]'") from None
-        return load_tflite_classifier(model, input_scale=input_scale, classes=classes).spec
+        with native_stderr_silenced(not debug):  # LiteRT's "INFO: Created ... XNNPACK delegate" and the like
+            return load_tflite_classifier(model, input_scale=input_scale, classes=classes).spec
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
@@ -111,10 +113,26 @@ def check_model(tier: str, model: str, input_scale=None, classes=None, debug: bo
                                + ("" if debug else "; --debug shows its output")) from None
 
 
+@contextlib.contextmanager
+def native_stderr_silenced(enabled: bool = True):
+    """Native libraries (TensorFlow, LiteRT) write to fd 2 directly; the check's verdict comes back as an exception."""
+    if not enabled:
+        yield
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _cloud_spec(model, input_scale, classes, quiet: bool) -> dict:
     if quiet:  # TensorFlow's C++ start-up lines ignore TF_CPP_MIN_LOG_LEVEL; errors come back as the exception
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 2)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 2)  # for good: this process is thrown away after the check
     from cassava.cloud.model import load_tf_classifier
 
     try:
