@@ -249,8 +249,8 @@ def main() -> dict:
         for v in ("TF SavedModel",) + VARIANTS:
             row = latency[v if v.startswith("TF ") else f"TFLite {v}"]
             size = f"{_kb(variables):>9} {'(vars)':>8}" if v.startswith("TF ") else f"{_kb(sizes[v]):>9} {sizes[v] / sizes['none']:>8.2f}"
-            name = v if v.startswith("TF ") else f"TFLite {v}"
-            print(f"  {name:<16} {row['median_ms']:>9.2f} {row['p90_ms']:>8.2f} {row['min_ms']:>8.2f} "
+            label = v if v.startswith("TF ") else f"TFLite {v}"
+            print(f"  {label:<16} {row['median_ms']:>9.2f} {row['p90_ms']:>8.2f} {row['min_ms']:>8.2f} "
                   f"{row['median_ms'] / tf_ms:>6.2f} {row['min_ms'] / tf_min:>8.2f} {size}")
         for threads, row in latency["batching"].items():
             print(f"  int8 batch of {row['n']}, {threads}: image by image {row['loop_ms_per_image']:.2f} ms/image, "
