@@ -49,6 +49,9 @@ MODEL_MOUNT = "/mnt/models"
 # Every kustomization the README documents; more may exist and are rendered and validated too.
 EXPECTED_KUSTOMIZATIONS = {".", "cloud", "edge", "overlays/autoscale", "overlays/edge-plain"}
 KUSTOMIZATIONS = sorted(str(p.parent.relative_to(DEPLOY)) for p in DEPLOY.rglob("kustomization.yaml"))
+# The plain-Deployment edge variant is for KubeEdge clusters without Seldon: every other kustomization has SDeps.
+WITHOUT_SELDON = ("overlays/edge-plain",)
+WITH_SELDON = [k for k in KUSTOMIZATIONS if k not in WITHOUT_SELDON]
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -251,11 +254,10 @@ def _schema_errors(validator, doc) -> list:
     return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(doc)]
 
 
-@pytest.mark.parametrize("rel", KUSTOMIZATIONS)
+@pytest.mark.parametrize("rel", WITH_SELDON)
 def test_seldondeployments_match_the_crd_schema(rel):
     docs = sdeps(render(rel))
-    if not docs:
-        pytest.skip(f"deploy/{rel} has no SeldonDeployment")
+    assert docs, f"deploy/{rel} renders no SeldonDeployment"
     validator = _sdep_validator()
     for doc in docs:
         assert doc["apiVersion"] == f"{SELDON_GROUP}/v1"
@@ -344,11 +346,10 @@ def _admission_problems(doc: dict, spec_fields: set) -> list:
     return problems
 
 
-@pytest.mark.parametrize("rel", KUSTOMIZATIONS)
+@pytest.mark.parametrize("rel", WITH_SELDON)
 def test_seldondeployments_follow_the_admission_rules(rel):
     docs = sdeps(render(rel))
-    if not docs:
-        pytest.skip(f"deploy/{rel} has no SeldonDeployment")
+    assert docs, f"deploy/{rel} renders no SeldonDeployment"
     spec_fields = set(_sdep_schema()["properties"]["spec"]["properties"])
     for doc in docs:
         problems = _admission_problems(doc, spec_fields)
@@ -798,3 +799,8 @@ def test_cloud_metrics_port_matches_cloud_settings():
     (container,) = containers(one(render("cloud"), "SeldonDeployment", MODEL))
     metrics = {p["name"]: p["containerPort"] for p in container["ports"]}["metrics"]
     assert metrics == settings_port("cloud", "metrics") == int(env_of(container)["MLSERVER_METRICS_PORT"])
+
+
+@pytest.mark.parametrize("rel", WITHOUT_SELDON)
+def test_the_plain_edge_variant_needs_no_seldon(rel):
+    assert sdeps(render(rel)) == []
