@@ -11,15 +11,23 @@ import numpy as np
 from cassava.shared.cache import cache_dir
 from cassava.shared.classifier import softmax
 from cassava.shared.errors import CassavaError
+from cassava.shared.native import debugging, native_stderr_silenced
 from cassava.shared.spec import ModelSpec, apply_overrides, base_spec, check_hub_handle, check_interface, is_hub_handle
 
 log = logging.getLogger(__name__)
 
 
 def _quiet_tensorflow():
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
+    """Import TensorFlow without its C++ start-up lines (oneDNN, CUDA probing) unless --debug; errors still raise."""
+    import sys
 
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"]
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with native_stderr_silenced(not debugging()):
+        import tensorflow as tf
+
+        tf.constant(0)  # the first op initialises devices: that is where the CUDA probe complains
     tf.get_logger().setLevel(logging.ERROR)
     return tf
 

@@ -48,8 +48,10 @@ def build_model():
 
 
 def train(out_dir: Path) -> dict:
+    from cassava.cloud.model import _quiet_tensorflow
+
+    tf = _quiet_tensorflow()
     import keras
-    import tensorflow as tf
 
     keras.utils.set_random_seed(0)
     tf.config.experimental.enable_op_determinism()

@@ -370,7 +370,7 @@ def summarize(records, title: str, tier: str) -> str:
     done = [r for r in records if r.get("prediction")]
     failed = len(records) - len(done)
     labelled = [r for r in done if r["label"] is not None]
-    text = f"{len(done)} images classified"
+    text = f"{len(done)} image{'' if len(done) == 1 else 's'} classified"
     if labelled:
         right = sum(r["label"] == r["prediction"] for r in labelled)
         text += f", {right}/{len(labelled)} right ({right / len(labelled):.1%})"

@@ -7,7 +7,6 @@ that never becomes ready ends this command with one line and exit code 2.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -23,6 +22,7 @@ from collections import deque
 from pathlib import Path
 
 from .errors import CassavaError
+from .native import native_stderr_silenced
 from .labels import parse_class_list
 from .spec import CROPNET_HANDLE
 
@@ -111,23 +111,6 @@ def check_model(tier: str, model: str, input_scale=None, classes=None, debug: bo
         except BrokenProcessPool:
             raise CassavaError(f"model {model}: the process loading it died (out of memory?)"
                                + ("" if debug else "; --debug shows its output")) from None
-
-
-@contextlib.contextmanager
-def native_stderr_silenced(enabled: bool = True):
-    """Native libraries (TensorFlow, LiteRT) write to fd 2 directly; the check's verdict comes back as an exception."""
-    if not enabled:
-        yield
-        return
-    sys.stderr.flush()
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 def _cloud_spec(model, input_scale, classes, quiet: bool) -> dict:
