@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cassava.shared.errors import BadImage, CassavaError
+from cassava.shared.errors import CassavaError
 from cassava.shared.labels import parse_class_list
 from cassava.shared.spec import SPEC_FILE, STANDIN_NOTE
 
@@ -115,21 +115,14 @@ def plan_data(args, spec):
 
 def pixels_of(samples, size: int, what: str, progress: bool):
     """Preprocess samples (the shared path); an unreadable image is reported on stderr and counted, never dropped silently."""
-    from tqdm import tqdm
+    from cassava.shared.data import preprocess_samples
 
-    from cassava.shared.preprocess import preprocess
-
-    kept, pixels, skipped = [], [], 0
-    for sample in tqdm(samples, desc=what, unit="img", file=sys.stderr, disable=not progress, leave=False):
-        try:
-            pixels.append(preprocess(sample.source, size))
-            kept.append(sample)
-        except BadImage as exc:
-            print(f"skipped {sample.name}: {exc}", file=sys.stderr)
-            skipped += 1
+    kept, pixels, skipped = preprocess_samples(samples, [size], desc=what, progress=progress, leave=False)
+    for line in skipped:
+        print(line, file=sys.stderr)
     if not kept:
         raise CassavaError(f"{what}: none of the {len(samples)} images could be read")
-    return kept, np.stack(pixels), skipped
+    return kept, pixels[size], len(skipped)
 
 
 # ---------------------------------------------------------------------------------------------- conversion

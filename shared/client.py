@@ -25,6 +25,7 @@ from typing import List, Optional
 
 import numpy as np
 
+from .console import say
 from .data import Sample, describe, load_samples
 from .errors import BadImage, CassavaError
 from .labels import CROPNET_CLASSES, TFDS_CLASSES, display_name, parse_class_list
@@ -278,12 +279,6 @@ def make_backend(args):
 # ---------------------------------------------------------------- classifying
 
 
-def _say(message: str) -> None:
-    from tqdm import tqdm
-
-    tqdm.write(message, file=sys.stderr)  # above the progress bar, not through it
-
-
 def _failed_record(sample: Sample, error: str, unanswered: bool) -> dict:
     """`unanswered`: the request failed (server or network), as opposed to an unreadable image."""
     return {"file": sample.name, "label": sample.label, "prediction": None, "probability": None,
@@ -301,7 +296,7 @@ def classify_chunk(backend, chunk: List[Sample], size: int):
             good.append(sample)
         except BadImage as exc:
             errors[id(sample)] = str(exc)
-            _say(f"skipped {sample.name}: {exc}")
+            say(f"skipped {sample.name}: {exc}")
     results = {}
     if good:
         batch = np.stack(pixels)
@@ -309,7 +304,7 @@ def classify_chunk(backend, chunk: List[Sample], size: int):
         try:
             probabilities, class_names, tiers = backend.classify(batch, good)
         except (TransportError, BadImage) as exc:  # a 4xx keeps the server's message; 5xx/unreachable after retries
-            _say(f"{len(good)} image(s) failed: {exc}")
+            say(f"{len(good)} image(s) failed: {exc}")
             errors.update((id(s), str(exc)) for s in good)
             unanswered = {id(s) for s in good}
         else:

@@ -22,8 +22,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from .data import describe, is_standin_data, load_samples
-from .errors import BadImage, CassavaError
+from .data import describe, is_standin_data, load_samples, preprocess_samples
+from .errors import CassavaError
 from .labels import parse_class_list
 from .spec import CROPNET_HANDLE, STANDIN_NOTE, read_spec_file
 
@@ -259,28 +259,6 @@ def _identity(model: str) -> dict:
 # ---------------------------------------------------------------------------------------------- measuring
 
 
-def preprocess_once(samples, sizes, progress: bool):
-    """Decode and resize every labelled image once per input size (all models share these pixels).
-
-    Returns (kept samples, {size: uint8 [N, size, size, 3]}, skipped messages)."""
-    from tqdm import tqdm
-
-    from .preprocess import decode_image, preprocess
-
-    kept, pixels, skipped = [], {size: [] for size in sizes}, []
-    for sample in tqdm(samples, desc="preprocessing", unit="img", disable=not progress, file=sys.stderr):
-        try:
-            rgb = decode_image(sample.source)
-            resized = {size: preprocess(rgb, size) for size in sizes}
-        except BadImage as exc:
-            skipped.append(f"skipped {sample.name}: {exc}")
-            continue
-        kept.append(sample)
-        for size in sizes:
-            pixels[size].append(resized[size])
-    return kept, {s: np.stack(p) if p else None for s, p in pixels.items()}, skipped
-
-
 def predict_all(classifier, x: np.ndarray, batch_size: int, label: str, progress: bool):
     """Batched probabilities for every image, and images/s over the pass (after one warm-up call)."""
     from tqdm import tqdm
@@ -500,7 +478,7 @@ def compare(args) -> Dict:
         notes.append(f"label(s) {', '.join(extra_labels)} are not among the models' classes: those images count as wrong.")
 
     sizes = sorted({e.spec.input_size for e in entries})
-    kept, pixels, skipped = preprocess_once(labelled, sizes, progress)
+    kept, pixels, skipped = preprocess_samples(labelled, sizes, progress=progress)
     for line in skipped:
         print(line, file=sys.stderr)
     if skipped:

@@ -7,10 +7,11 @@ from __future__ import annotations
 import dataclasses
 import glob
 import itertools
+import sys
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence
 
-from .errors import CassavaError
+from .errors import BadImage, CassavaError
 from .labels import CROPNET_CLASSES
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif"}
@@ -106,3 +107,29 @@ def tfds_samples(spec: str):
         file_name = example.get("image/filename", b"")
         file_name = file_name.decode() if isinstance(file_name, bytes) else str(file_name)
         yield Sample(f"tfds:{name}/{split}/{file_name or index}", label_names[int(example["label"])], example["image"])
+
+
+def preprocess_samples(samples: Sequence[Sample], sizes: Sequence[int], desc: str = "preprocessing",
+                       progress: bool = True, leave: bool = True):
+    """Decode each sample once and resize it to every size in `sizes` by the shared path.
+
+    An unreadable image is skipped and named in the returned messages, never dropped silently.
+    Returns (kept samples, {size: uint8 [N, size, size, 3], or None when nothing was readable}, skipped messages).
+    """
+    import numpy as np
+    from tqdm import tqdm
+
+    from .preprocess import decode_image, preprocess
+
+    kept, pixels, skipped = [], {size: [] for size in sizes}, []
+    for sample in tqdm(samples, desc=desc, unit="img", disable=not progress, leave=leave, file=sys.stderr):
+        try:
+            rgb = decode_image(sample.source)
+            resized = {size: preprocess(rgb, size) for size in sizes}
+        except BadImage as exc:
+            skipped.append(f"skipped {sample.name}: {exc}")
+            continue
+        kept.append(sample)
+        for size in sizes:
+            pixels[size].append(resized[size])
+    return kept, {size: np.stack(p) if p else None for size, p in pixels.items()}, skipped

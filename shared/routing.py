@@ -9,13 +9,13 @@ Each request is answered by exactly one tier or fails with both tiers' reasons: 
 from __future__ import annotations
 
 import dataclasses
-import sys
 import threading
 import time
 from typing import Callable, List
 
 from mlserver.types import InferenceRequest
 
+from .console import say
 from .errors import CassavaError
 from .transport import ModelInfo, Unavailable
 
@@ -24,12 +24,6 @@ from .transport import ModelInfo, Unavailable
 class Tier:
     name: str  # "cloud" or "edge": what each result's `tier` says
     transport: object  # HttpTransport or GrpcTransport
-
-
-def _say(message: str) -> None:
-    from tqdm import tqdm
-
-    tqdm.write(message, file=sys.stderr)  # above the client's progress bar, not through it
 
 
 class SingleRoute:
@@ -57,7 +51,7 @@ class FailoverRoute:
     """Prefer one tier (the edge); fall back to the other (the cloud) while it is down; return when it is back."""
 
     def __init__(self, preferred: Tier, fallback: Tier, probe_interval_s: float = 3.0, probe_timeout_s: float = 1.0,
-                 say: Callable[[str], None] = _say):
+                 say: Callable[[str], None] = say):
         if preferred.transport.grpc != fallback.transport.grpc:
             raise CassavaError("--auto: both tiers must use the same protocol (REST or gRPC)")
         self.preferred, self.fallback = preferred, fallback
