@@ -115,10 +115,9 @@ def _batch_size(request_input: RequestInput, max_images: int) -> int:
 
 
 def _image_tensor(request_input: RequestInput, spec: ModelSpec, dtype) -> np.ndarray:
+    """A rank-4 tensor input (its rank checked by the caller) -> an array of model-sized images."""
     expected = [spec.input_size, spec.input_size, 3]
     shape = list(request_input.shape)
-    if len(shape) != 4:
-        raise BadRequest(f"input {request_input.name!r}: expected rank 4 [N, {', '.join(map(str, expected))}], got shape {shape}")
     if shape[1:] != expected:
         raise BadRequest(f"input {request_input.name!r}: expected images of {expected} (H, W, C), got {shape[1:]}")
     try:
