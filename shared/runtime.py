@@ -18,6 +18,7 @@ from .batching import MicroBatcher
 from .classifier import Classifier
 from .errors import CassavaError
 from .labels import parse_class_list
+from .spec import is_model_path
 from .v2 import DEFAULT_MAX_REQUEST_IMAGES, BadRequest, build_response, metadata_inputs, metadata_outputs, request_to_model_input
 
 log = logging.getLogger("cassava.runtime")
@@ -67,7 +68,7 @@ class ImageClassifierRuntime(MLModel):
         uri = self.settings.parameters.uri if self.settings.parameters else None
         if not uri:
             raise CassavaError(f"model {self.name}: parameters.uri is not set in model-settings.json")
-        if uri == "standin" or "://" in uri:
+        if not is_model_path(uri):
             return uri
         try:
             return await get_model_uri(self.settings)  # relative paths are relative to model-settings.json

@@ -24,7 +24,7 @@ from pathlib import Path
 from .errors import CassavaError
 from .native import native_stderr_silenced
 from .labels import parse_class_list
-from .spec import CROPNET_HANDLE
+from .spec import CROPNET_HANDLE, is_model_path
 
 MODEL_NAME = "cassava"
 DEFAULT_PORTS = {"cloud": (8080, 8081, 8082), "edge": (9080, 9081, 9082)}
@@ -153,7 +153,7 @@ def write_run_dir(run_dir, tier: str, model: str, host: str, ports, workers=None
 
     parameters = model_settings.setdefault("parameters", {})
     # a relative path would be read relative to the run dir by MLServer; TF Hub handles and `standin` stay as they are
-    parameters["uri"] = model if model == "standin" or "://" in model else str(Path(model).resolve())
+    parameters["uri"] = str(Path(model).resolve()) if is_model_path(model) else model
     if model == "standin":
         parameters["version"] = STANDIN_VERSION_NAME
     elif model.rstrip("/") != CROPNET_HANDLE and tier == "cloud":

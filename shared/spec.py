@@ -100,6 +100,11 @@ def is_hub_handle(model: str) -> bool:
     return "://" in model and not model.startswith("file://")
 
 
+def is_model_path(model: str) -> bool:
+    """MODEL names a file or folder (MLServer resolves it relative to model-settings.json), not `standin` or a URL."""
+    return model != "standin" and "://" not in model
+
+
 def check_hub_handle(model: str) -> None:
     """Models are fetched over https only: a plain-http handle could be swapped in transit."""
     if not model.startswith("https://"):
