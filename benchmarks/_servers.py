@@ -1,8 +1,8 @@
 """What the benchmarks share: the int8 stand-in TFLite model, and real MLServer processes for either tier.
 
-Process handling is the tests' own (`tests/helpers.MLServer`: free loopback ports, bounded start and stop), and a
-server's settings are the tier's shipped ones (`cassava.shared.serve.write_run_dir`), so a benchmark measures what
-`cassava serve` would run.
+Process handling is the project's one helper (`cassava.shared.server.process`: free loopback ports, bounded start and
+stop), and a server's settings are the tier's shipped ones (`cassava.shared.server.serve.write_run_dir`), so a
+benchmark measures what `cassava serve` would run.
 """
 from __future__ import annotations
 
@@ -14,12 +14,11 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
+from cassava.shared.server.process import MLServerProcess as MLServer
+from cassava.shared.server.process import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("CASSAVA_CACHE", str(REPO / ".cache"))
-if str(REPO / "tests") not in sys.path:
-    sys.path.insert(0, str(REPO / "tests"))
-
-from helpers import MLServer, free_port  # noqa: E402  (tests/helpers.py)
 
 __all__ = ["MLServer", "free_port", "standin_tflite", "tier_server", "REPO"]
 
@@ -45,7 +44,7 @@ def standin_tflite(quantize: str = "int8") -> Path:
 def tier_server(tier: str, model: str, workdir: Optional[Path] = None, extra: Optional[dict] = None,
                 settings: Optional[dict] = None) -> MLServer:
     """An MLServer (not started) for `tier` with the shipped settings, `model`, and `extra` model parameters."""
-    from cassava.shared.serve import write_run_dir
+    from cassava.shared.server.serve import write_run_dir
 
     workdir = Path(workdir or tempfile.mkdtemp(prefix=f"bench-{tier}-"))
     shipped = write_run_dir(workdir / "shipped", tier, str(model), "127.0.0.1", (1, 2, 3))

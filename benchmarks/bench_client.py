@@ -89,7 +89,7 @@ def tutorial_way(url: str, samples) -> dict:
     import httpx
 
     from cassava.shared.preprocess import preprocess
-    from cassava.shared.v2 import build_request, decode_response
+    from cassava.shared.protocol.v2 import build_request, decode_response
     from mlserver.types import InferenceResponse
 
     sent = 0
@@ -109,13 +109,14 @@ def tutorial_way(url: str, samples) -> dict:
 
 def client_way(url: str, samples, wire: str = "compact", grpc_address: str = None, batch_size: int = 16, concurrency: int = 2) -> dict:
     """This client's own code path (ServerBackend + classify_samples); bytes are the request bodies it sends."""
-    from cassava.shared.client import ServerBackend, classify_samples
+    from cassava.shared.client.backends import ServerBackend
+    from cassava.shared.client.predict import classify_samples
     from cassava.shared.preprocess import preprocess
-    from cassava.shared.routing import SingleRoute, Tier
-    from cassava.shared.transport import make_transport
+    from cassava.shared.client.routing import SingleRoute, Endpoint
+    from cassava.shared.protocol.transport import make_transport
 
     grpc = grpc_address is not None
-    backend = ServerBackend(SingleRoute(Tier("cloud", make_transport(url, "cassava", grpc, grpc_address))), wire=wire)
+    backend = ServerBackend(SingleRoute(Endpoint("cloud", make_transport(url, "cassava", grpc, grpc_address))), wire=wire)
     try:
         started = time.perf_counter()
         records, _ = classify_samples(backend, samples, batch_size, progress=False, concurrency=concurrency)
@@ -132,14 +133,14 @@ def client_way(url: str, samples, wire: str = "compact", grpc_address: str = Non
 
 def _request_bytes(samples, wire, grpc, batch_size, preprocess) -> int:
     """The same requests rebuilt off the clock and measured: JSON body for REST, protobuf size for gRPC."""
-    from cassava.shared.client import photo_bytes
-    from cassava.shared.v2 import build_request
+    from cassava.shared.protocol.images import original_file
+    from cassava.shared.protocol.v2 import build_request
 
     total = 0
     for start in range(0, len(samples), batch_size):
         chunk = samples[start:start + batch_size]
         pixels = np.stack([preprocess(s.source, 224) for s in chunk])
-        photos = [photo_bytes(s, p) for s, p in zip(chunk, pixels)] if wire == "photo" else None
+        photos = [original_file(s.source) for s in chunk] if wire == "photo" else None
         request = build_request(wire, pixels=pixels, photos=photos, grpc=grpc, request_id="x")
         if grpc:
             from mlserver.grpc.converters import ModelInferRequestConverter

@@ -80,7 +80,7 @@ def build(wire: str, photos, spec, over_grpc: bool):
     from mlserver.grpc.converters import ModelInferRequestConverter
 
     from cassava.shared.preprocess import preprocess
-    from cassava.shared.v2 import build_request
+    from cassava.shared.protocol.v2 import build_request
 
     started = time.perf_counter()
     pixels = None if wire == "photo" else np.stack([preprocess(p, spec.input_size) for p in photos])
@@ -114,7 +114,7 @@ def grpc_sender(address: str, message):
     from mlserver.grpc.converters import ModelInferResponseConverter
     from mlserver.grpc.dataplane_pb2_grpc import GRPCInferenceServiceStub
 
-    from cassava.shared.transport import MAX_MESSAGE_BYTES
+    from cassava.shared.protocol.transport import MAX_MESSAGE_BYTES
 
     channel = grpc.insecure_channel(address, options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                                                       ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
@@ -150,7 +150,7 @@ def served_rate(send, duration: float) -> float:
 def cropnet_interface_bytes(photos) -> dict:
     """Bytes per image of the tutorial's float JSON and of the compact default for CropNet's own input (224 px, [0, 1])."""
     from cassava.shared.preprocess import preprocess
-    from cassava.shared.v2 import build_request
+    from cassava.shared.protocol.v2 import build_request
 
     pixels = np.stack([preprocess(p, 224) for p in photos])
     return {wire: len(build_request(wire, pixels=pixels, input_scale=1.0).model_dump_json(exclude_none=True)) / len(photos)
@@ -159,7 +159,7 @@ def cropnet_interface_bytes(photos) -> dict:
 
 def main() -> dict:
     from cassava.shared.classifier import load_classifier
-    from cassava.shared.v2 import decode_response
+    from cassava.shared.protocol.v2 import decode_response
 
     duration = seconds()
     model, extra, photos, what = workload()

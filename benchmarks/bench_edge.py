@@ -176,7 +176,7 @@ def server_footprint(tier: str, model: str, block_tensorflow: bool) -> dict:
     import numpy as np
     import psutil
 
-    from cassava.shared.v2 import build_request
+    from cassava.shared.protocol.v2 import build_request
 
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-{tier}-"))
     server = tier_server(tier, model, workdir)

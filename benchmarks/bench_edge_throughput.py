@@ -36,7 +36,7 @@ def request_bodies(count: int = 16, wire: str = "compact"):
 
     from cassava.shared.data import load_samples
     from cassava.shared.preprocess import preprocess
-    from cassava.shared.v2 import build_request
+    from cassava.shared.protocol.v2 import build_request
 
     samples = load_samples(["standin"], count)
     bodies = []

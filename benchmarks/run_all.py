@@ -209,7 +209,7 @@ def main(argv=None) -> int:
         parser.error(f"unknown module(s) {', '.join(unknown)} (choose from {', '.join(names)})")
 
     sys.path.insert(0, str(REPO))
-    from cassava.shared.report import machine_line
+    from cassava.shared.evaluate.report import machine_line
 
     machine = machine_line()
     date = datetime.datetime.now().astimezone().isoformat(timespec="seconds")

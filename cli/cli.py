@@ -15,10 +15,11 @@ from cassava.shared.errors import CassavaError
 
 # name -> (module with add_arguments(parser) and run(args), one-line help)
 COMMANDS = {
-    "predict": ("cassava.shared.client", "classify images in this process or through a cloud/edge server"),
-    "serve": ("cassava.shared.serve", "serve the model over V2 REST + gRPC with MLServer (cloud or edge tier)"),
+    "predict": ("cassava.shared.client.predict", "classify images in this process or through a cloud/edge server"),
+    "serve": ("cassava.shared.server.serve", "serve the model over V2 REST + gRPC with MLServer (cloud or edge tier)"),
     "convert": ("cassava.edge.convert", "convert a model to TFLite (int8/dynamic/float16), verified against the source"),
-    "compare": ("cassava.shared.compare", "accuracy comparison of the cloud model and its TFLite copies"),
+    "bundle": ("cassava.edge.bundle", "pack the edge server, its wheels and a converted model for an offline device"),
+    "compare": ("cassava.shared.evaluate.compare", "accuracy comparison of the cloud model and its TFLite copies"),
     "watch": ("cassava.edge.watch", "classify camera frames or new files in a folder on the edge, offline"),
     "demo": ("cassava.demo", "the whole cloud/edge split offline, on the stand-in model"),
 }

@@ -8,12 +8,9 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from cassava.shared.errors import CassavaError
@@ -47,80 +44,52 @@ def _run_logged(command, log: Path, what: str) -> None:
 
 def choose_ports(tier: str, offset: int):
     """The tier's default ports plus the offset, or three free ones when any is busy (and say so)."""
-    from cassava.shared.serve import DEFAULT_PORTS, check_ports
+    from cassava.shared.server.process import free_port
+    from cassava.shared.server.serve import check_ports
+    from cassava.shared.tiers import TIERS
 
-    wanted = [p + offset for p in DEFAULT_PORTS[tier]]
+    wanted = [p + offset for p in TIERS[tier].ports]
     try:
         check_ports("127.0.0.1", wanted)
         return wanted
     except CassavaError as busy:
-        sockets = [socket.socket() for _ in wanted]
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        ports = [sock.getsockname()[1] for sock in sockets]
-        for sock in sockets:
-            sock.close()
+        ports = []
+        while len(set(ports)) < 3:
+            ports = [free_port() for _ in wanted]
         print(f"{tier}: ports {'/'.join(map(str, wanted))} are not usable ({busy}); using free ports "
               f"{'/'.join(map(str, ports))} instead", flush=True)
         return ports
 
 
-class Server:
-    """`cassava serve TIER` in its own process group, output in a log file; stopped with everything it started."""
+def tier_server(tier: str, model, ports, out: Path):
+    """`cassava serve TIER` in its own process group (it and its MLServer stop together), output in a log file."""
+    from cassava.shared.server.process import ServerProcess
 
-    def __init__(self, tier: str, model, ports, out: Path):
-        self.tier, self.ports, self.log = tier, ports, out / "logs" / f"{tier}-server.log"
-        self.url = f"http://127.0.0.1:{ports[0]}"
-        self.command = _cassava("serve", tier, "--model", model, "--http-port", ports[0], "--grpc-port", ports[1],
-                                "--metrics-port", ports[2], "--run-dir", out / "run" / tier)
-        self.process = None
-
-    def start(self) -> "Server":
-        self.process = subprocess.Popen(self.command, stdout=open(self.log, "w"), stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, start_new_session=True)
-        return self
-
-    def wait_ready(self, timeout: float = 600.0) -> None:
-        import httpx
-
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.process.poll() is not None:
-                lines = [l for l in self.log.read_text(errors="replace").splitlines() if l.strip()]
-                raise CassavaError(f"the {self.tier} server stopped: {lines[-1] if lines else self.process.returncode} (log: {self.log})")
-            try:
-                if httpx.get(f"{self.url}/v2/models/cassava/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        raise CassavaError(f"the {self.tier} server was not ready after {timeout:.0f} s (log: {self.log})")
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)  # `cassava serve` and its MLServer share the group
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
+    command = _cassava("serve", tier, "--model", model, "--http-port", ports[0], "--grpc-port", ports[1],
+                       "--metrics-port", ports[2], "--run-dir", out / "run" / tier)
+    server = ServerProcess(command, f"http://127.0.0.1:{ports[0]}/v2/models/cassava/ready",
+                           out / "logs" / f"{tier}-server.log", name=f"the {tier} server")
+    server.tier, server.ports, server.url = tier, ports, f"http://127.0.0.1:{ports[0]}"
+    return server
 
 
 def _stop_on_sigterm(*_):
     raise SystemExit(143)  # unwinds through `finally`, so the servers are stopped on `kill` too
 
 
-def classify_through(mode: str, url: str, n: int, out: Path) -> dict:
-    """`cassava predict --local|--edge URL` on the stand-in's photos, plot and JSON in `out`."""
-    from cassava.cli import build_parser
-    from cassava.shared import client
+def classify_through(tier: str, url: str, n: int, out: Path) -> dict:
+    """What `cassava predict --local|--edge URL --data standin` does, on the stand-in's photos; plot and JSON in `out`."""
+    from cassava.shared.client.backends import ServerBackend
+    from cassava.shared.client.predict import classify_and_report
+    from cassava.shared.data import load_samples
 
-    tier = "cloud" if mode == "local" else "edge"
     paths = {"plot": out / f"predictions-{tier}.png", "json": out / f"predictions-{tier}.json"}
-    args = build_parser().parse_args(["predict", f"--{mode}", url, "--data", "standin", "-n", str(n),
-                                      "--plot", str(paths["plot"]), "--json", str(paths["json"])])
-    code = client.run(args)
+    backend = ServerBackend(url, tier=tier)
+    try:
+        code = classify_and_report(backend, load_samples(["standin"], n), "standin", plot=paths["plot"],
+                                   json_path=paths["json"])
+    finally:
+        backend.close()
     records = json.loads(paths["json"].read_text())
     labelled = [r for r in records if r.get("prediction") and r.get("label")]
     right = sum(r["prediction"] == r["label"] for r in labelled)
@@ -147,21 +116,24 @@ def run(args) -> int:
     print(f"int8 TFLite: {edge_model / 'model.tflite'} (conversion report: {edge_model / 'conversion-report.json'})")
 
     _step("3/5 the servers")
-    servers = [Server("cloud", "standin", choose_ports("cloud", args.port_offset), out),
-               Server("edge", edge_model, choose_ports("edge", args.port_offset), out)]
+    servers = [tier_server("cloud", "standin", choose_ports("cloud", args.port_offset), out),
+               tier_server("edge", edge_model, choose_ports("edge", args.port_offset), out)]
     summary = {"note": STANDIN_NOTE, "out": str(out), "edge_model": str(edge_model / "model.tflite")}
     previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         for server in servers:
-            server.start()
+            server.launch()
         for server in servers:
-            server.wait_ready()
+            try:
+                server.wait_ready(timeout=600)
+            except RuntimeError as exc:
+                raise CassavaError(str(exc)) from None
             print(f"{server.tier} server ready: {server.url} (gRPC 127.0.0.1:{server.ports[1]}, "
-                  f"metrics :{server.ports[2]}; log {server.log})", flush=True)
+                  f"metrics :{server.ports[2]}; log {server.log_path})", flush=True)
         cloud, edge = servers
 
         _step("4/5 the same photos through the cloud (--local) and the edge (--edge)")
-        summary["cloud"] = classify_through("local", cloud.url, args.n, out)
+        summary["cloud"] = classify_through("cloud", cloud.url, args.n, out)
         summary["edge"] = classify_through("edge", edge.url, args.n, out)
 
         _step("5/5 the comparison report")
@@ -187,9 +159,9 @@ def compare_report(out: Path, edge_model: Path, skip: bool) -> str:
     if skip:
         return "skipped (--skip-compare)"
     try:
-        import cassava.shared.compare  # noqa: F401
+        import cassava.shared.evaluate.compare  # noqa: F401
     except ImportError:
-        return "not installed (cassava.shared.compare is absent)"
+        return "not installed (cassava.shared.evaluate.compare is absent)"
     _run_logged(_cassava("compare", "--cloud-model", "standin", "--edge-model", edge_model, "--data", "standin",
                          "--out", out / "compare", "--quiet"), out / "logs" / "compare.log", "cassava compare")
     print(f"report: {out / 'compare'} (log {out / 'logs' / 'compare.log'})")

@@ -1,5 +1,5 @@
 """MLServer runtime for the full TensorFlow model (TF Hub CropNet, a local SavedModel, or the stand-in)."""
-from cassava.shared.runtime import ImageClassifierRuntime
+from cassava.shared.server.runtime import ImageClassifierRuntime
 
 from .model import load_tf_classifier
 

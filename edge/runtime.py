@@ -1,7 +1,7 @@
 """MLServer runtime for the TFLite model (MLServer ships none): a pool of LiteRT interpreters, no TensorFlow."""
 import os
 
-from cassava.shared.runtime import ImageClassifierRuntime
+from cassava.shared.server.runtime import ImageClassifierRuntime
 
 from .interpreter import load_tflite_classifier
 

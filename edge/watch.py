@@ -81,11 +81,10 @@ class ResultLog:
 
 
 def top_k(probabilities: np.ndarray, class_names, k: int = TOP_K):
-    from cassava.shared.labels import display_name
+    from cassava.shared.labels import display_name, top_k as ranked
 
-    order = np.argsort(probabilities)[::-1][:k]
-    return [{"class": class_names[i], "name": display_name(class_names[i]), "probability": round(float(probabilities[i]), 6)}
-            for i in order]
+    return [{"class": name, "name": display_name(name), "probability": round(p, 6)}
+            for name, p in ranked(probabilities, class_names, k)]
 
 
 def folder_images(folder: Path, done: set, seen_sizes: dict) -> Iterator[Tuple[str, Path]]:
@@ -118,7 +117,7 @@ class Forwarder:
     """Sends recorded photos to the cloud model, oldest first; what is not yet answered stays in the backlog."""
 
     def __init__(self, base_url: str, log: ResultLog, timeout: float = 10.0):
-        from cassava.shared.transport import HttpTransport
+        from cassava.shared.protocol.transport import HttpTransport
 
         # One try per round: the next round (every --every) is the retry, so the device never stalls on the uplink.
         self.transport = HttpTransport(base_url, timeout=timeout, retries=0)
@@ -131,8 +130,8 @@ class Forwarder:
 
     def drain(self) -> int:
         """Forward as much of the backlog as the cloud takes now; stop at the first failure (retry next round)."""
-        from cassava.shared.transport import Rejected, Unavailable
-        from cassava.shared.v2 import build_request, decode_response
+        from cassava.shared.protocol.transport import Rejected, Unavailable
+        from cassava.shared.protocol.v2 import build_request, decode_response
 
         if not self.backlog() or not self.transport.ready():
             return 0

@@ -27,3 +27,9 @@ def parse_class_list(text: str) -> tuple:
     if len(set(names)) != len(names):
         raise ValueError(f"bad class list {text!r}: duplicate names")
     return names
+
+
+def top_k(probabilities, class_names, k: int = 3) -> list:
+    """The k most likely classes, best first: [(class id name, probability), ...]."""
+    ranked = sorted(zip(class_names, (float(p) for p in probabilities)), key=lambda pair: pair[1], reverse=True)
+    return ranked[:k]

@@ -96,13 +96,31 @@ def read_spec_file(model_path) -> Optional[ModelSpec]:
     return None
 
 
+STANDIN = "standin"
+TFLITE_FILE = "model.tflite"  # inside a `cassava convert` folder
+
+
+def model_kind(model: str) -> str:
+    """What MODEL names, decided here only: `standin`, `hub` (a TF Hub handle or other URL), `tflite` (a .tflite
+    file or a folder holding model.tflite), or `savedmodel` (any other path: a SavedModel dir)."""
+    model = str(model)
+    if model == STANDIN:
+        return "standin"
+    if "://" in model:
+        return "hub"
+    path = Path(model)
+    if path.suffix == ".tflite" or (path.is_dir() and (path / TFLITE_FILE).is_file()):
+        return "tflite"
+    return "savedmodel"
+
+
 def is_hub_handle(model: str) -> bool:
-    return "://" in model and not model.startswith("file://")
+    return model_kind(model) == "hub"
 
 
 def is_model_path(model: str) -> bool:
     """MODEL names a file or folder (MLServer resolves it relative to model-settings.json), not `standin` or a URL."""
-    return model != "standin" and "://" not in model
+    return model_kind(model) in ("tflite", "savedmodel")
 
 
 def check_hub_handle(model: str) -> None:

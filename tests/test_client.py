@@ -160,16 +160,17 @@ def test_local_cli_classifies_plots_and_records_every_image(cloud, tmp_path):
 
 
 def test_every_wire_format_and_grpc_give_the_same_answers(cloud):
-    from cassava.shared.client import ServerBackend, classify_samples
-    from cassava.shared.routing import SingleRoute, Tier
-    from cassava.shared.transport import make_transport
+    from cassava.shared.client.backends import ServerBackend
+    from cassava.shared.client.predict import classify_samples
+    from cassava.shared.client.routing import SingleRoute, Endpoint
+    from cassava.shared.protocol.transport import make_transport
 
     samples = load_samples("standin", 12)
     answers = {}
     for wire, grpc in (("compact", False), ("uint8", False), ("photo", False), ("float32", False), ("compact", True),
                        ("uint8", True)):
         transport = make_transport(cloud.url, "cassava", grpc, cloud.grpc_address if grpc else None)
-        backend = ServerBackend(SingleRoute(Tier("cloud", transport)), wire=wire)
+        backend = ServerBackend(SingleRoute(Endpoint("cloud", transport)), wire=wire)
         assert backend.spec.input_size == 224 and backend.spec.class_names == CROPNET_CLASSES  # from the metadata
         try:
             records, thumbnails = classify_samples(backend, samples, batch_size=5, progress=False, concurrency=2)
@@ -178,9 +179,6 @@ def test_every_wire_format_and_grpc_give_the_same_answers(cloud):
         assert len(records) == 12 and all(r["prediction"] for r in records), records
         assert all(t is not None and t.shape == (224, 224, 3) for t in thumbnails)
         answers[(wire, "gRPC" if grpc else "REST")] = records
-    from cassava.shared import client, v2
-
-    assert client.WIRE_FORMATS == v2.WIRE_FORMATS  # the CLI's list, kept beside it so parsing needs no MLServer
     reference = answers[("compact", "REST")]
     for key, records in answers.items():
         assert [r["prediction"] for r in records] == [r["prediction"] for r in reference], key
@@ -282,8 +280,8 @@ def test_remote_through_the_ingress_survives_a_replica_killed_mid_run(standin_mo
 
         # No replica left: the ingress answers 502, and the client retries it with growing pauses, then gives up.
         replicas[1].kill()
-        from cassava.shared.transport import HttpTransport, Unavailable
-        from cassava.shared.v2 import build_request
+        from cassava.shared.protocol.transport import HttpTransport, Unavailable
+        from cassava.shared.protocol.v2 import build_request
 
         before = len(ingress.infer_lines())
         transport = HttpTransport(f"{ingress.url}/seldon/default/cassava", retries=2, backoff_s=0.1, timeout=30)
@@ -330,14 +328,15 @@ def test_auto_falls_back_to_the_cloud_when_the_edge_dies_mid_run(edge, cloud, tm
 
 
 def test_auto_goes_back_to_the_edge_when_it_returns(edge, cloud):
-    from cassava.shared.client import ServerBackend, classify_samples
-    from cassava.shared.routing import FailoverRoute, Tier
-    from cassava.shared.transport import HttpTransport
+    from cassava.shared.client.backends import ServerBackend
+    from cassava.shared.client.predict import classify_samples
+    from cassava.shared.client.routing import FailoverRoute, Endpoint
+    from cassava.shared.protocol.transport import HttpTransport
 
     edge.kill()  # a Pi that lost power (no-op if the previous test already killed it)
     said = []
-    route = FailoverRoute(Tier("edge", HttpTransport(edge.url, retries=0, timeout=10)),
-                          Tier("cloud", HttpTransport(cloud.url, timeout=60)), probe_interval_s=0.5, say=said.append)
+    route = FailoverRoute(Endpoint("edge", HttpTransport(edge.url, retries=0, timeout=10)),
+                          Endpoint("cloud", HttpTransport(cloud.url, timeout=60)), probe_interval_s=0.5, say=said.append)
     backend = ServerBackend(route)
     samples = load_samples("standin", 8)
     try:

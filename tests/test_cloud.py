@@ -81,7 +81,7 @@ def _images(data, size: int, n=None):
 
 
 def _transport(server: MLServer, over_grpc: bool):
-    from cassava.shared.transport import GrpcTransport, HttpTransport
+    from cassava.shared.protocol.transport import GrpcTransport, HttpTransport
 
     if over_grpc:
         return GrpcTransport(server.grpc_address, timeout=120, retries=0)
@@ -89,7 +89,7 @@ def _transport(server: MLServer, over_grpc: bool):
 
 
 def _infer(server: MLServer, kind: str, pixels, photos, scale: float, over_grpc: bool):
-    from cassava.shared.v2 import build_request, decode_response
+    from cassava.shared.protocol.v2 import build_request, decode_response
 
     request = build_request(KINDS[kind], pixels=pixels, photos=photos, input_scale=scale, grpc=over_grpc)
     transport = _transport(server, over_grpc)
@@ -262,7 +262,7 @@ def _post(server, body) -> httpx.Response:
 
 def _bad_requests():
     """(name, request body, HTTP status, words the message must contain)."""
-    from cassava.shared.v2 import build_request
+    from cassava.shared.protocol.v2 import build_request
 
     def body(request):
         return request.model_dump(mode="json", exclude_none=True)
@@ -311,8 +311,8 @@ def test_bad_requests_get_a_4xx_with_a_message_and_the_server_keeps_serving(clou
 
 
 def test_bad_requests_over_grpc_are_invalid_argument_with_the_message(cloud):
-    from cassava.shared.transport import Rejected
-    from cassava.shared.v2 import build_request
+    from cassava.shared.protocol.transport import Rejected
+    from cassava.shared.protocol.v2 import build_request
 
     transport = _transport(cloud, over_grpc=True)
     try:

@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from cassava.shared import metrics
-from cassava.shared.compare import score, summary_lines
-from cassava.shared.report import small_n_warning, write_report
+from cassava.shared.evaluate import metrics
+from cassava.shared.evaluate.compare import score, summary_lines
+from cassava.shared.evaluate.report import small_n_warning, write_report
 from helpers import REAL_CLASSES, run_cli
 
 # ------------------------------------------------------------------------------------ a tiny fixed set, by hand

@@ -222,7 +222,7 @@ def _rest(server, request) -> httpx.Response:
 def _infer_rest(server, request):
     from mlserver.types import InferenceResponse
 
-    from cassava.shared.v2 import decode_response
+    from cassava.shared.protocol.v2 import decode_response
 
     response = _rest(server, request)
     assert response.status_code == 200, response.text
@@ -232,7 +232,7 @@ def _infer_rest(server, request):
 def _infer_grpc(server, request):
     from mlserver.grpc import converters, dataplane_pb2_grpc
 
-    from cassava.shared.v2 import decode_response
+    from cassava.shared.protocol.v2 import decode_response
 
     with grpc.insecure_channel(server.grpc_address) as channel:
         stub = dataplane_pb2_grpc.GRPCInferenceServiceStub(channel)
@@ -241,7 +241,7 @@ def _infer_grpc(server, request):
 
 
 def _request(kind: str, pixels, photos, scale: float, over_grpc: bool):
-    from cassava.shared.v2 import build_request
+    from cassava.shared.protocol.v2 import build_request
 
     wire = {"payload": "float32", "pixels": "uint8", "photos": "photo", "webp": "compact"}[kind]
     return build_request(wire, pixels=pixels, photos=photos, input_scale=scale, grpc=over_grpc)
@@ -295,7 +295,7 @@ def test_eight_concurrent_clients_get_their_own_answers(edge, standin_int8):
 
 
 def test_bad_requests_get_4xx_and_the_server_keeps_serving(edge):
-    from cassava.shared.v2 import build_request
+    from cassava.shared.protocol.v2 import build_request
 
     corrupt = build_request("photo", photos=[b"\xff\xd8 this is not a jpeg"])
     response = _rest(edge, corrupt)

@@ -29,7 +29,7 @@ def _blocked_tensorflow(tmp_path: Path) -> dict:
 def test_shared_and_client_import_without_tensorflow(tmp_path):
     code = (
         "import sys\n"
-        "import cassava.shared.client, cassava.shared.v2, cassava.shared.data, cassava.shared.plotting\n"
+        "import cassava.shared.client.predict, cassava.shared.protocol.v2, cassava.shared.data, cassava.shared.client.plotting\n"
         "import cassava.shared.preprocess, cassava.shared.spec, cassava.shared.labels, cassava.cli\n"
         "cassava.cli.build_parser()\n"
         "try:\n    import tensorflow\nexcept ImportError:\n    pass\nelse:\n    sys.exit('tensorflow was importable')\n"

@@ -18,7 +18,7 @@ from PIL import Image
 
 from cassava.shared.data import load_samples
 from cassava.shared.preprocess import preprocess
-from cassava.shared.v2 import build_request, decode_response
+from cassava.shared.protocol.v2 import build_request, decode_response
 from helpers import REPO, MLServer
 from test_convert import converted, standin_args
 

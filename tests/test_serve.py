@@ -88,10 +88,11 @@ def test_argument_errors_are_one_line(args, words):
 
 
 def test_run_dir_is_the_shipped_settings_with_this_runs_choices(tmp_path):
-    from cassava.shared.serve import tier_folder, write_run_dir
+    from cassava.shared.server.serve import write_run_dir
+    from cassava.shared.tiers import TIERS
     from cassava.shared.spec import CROPNET_HANDLE
 
-    shipped = json.loads((tier_folder("cloud") / "model-settings.json").read_text())
+    shipped = json.loads((TIERS["cloud"].folder() / "model-settings.json").read_text())
     run_dir = write_run_dir(tmp_path / "run", "cloud", "some/relative/model", "0.0.0.0", (7001, 7002, 7003), workers=2,
                             input_scale=255.0, classes=("a", "b"))
     model_settings = json.loads((run_dir / "model-settings.json").read_text())
@@ -102,7 +103,7 @@ def test_run_dir_is_the_shipped_settings_with_this_runs_choices(tmp_path):
     assert model_settings["parameters"]["extra"] == {**shipped["parameters"]["extra"], "input_scale": 255.0, "classes": "a,b"}
     assert (settings["host"], settings["http_port"], settings["grpc_port"], settings["metrics_port"]) == ("0.0.0.0", 7001, 7002, 7003)
     assert settings["parallel_workers"] == 2 and settings["metrics_dir"] == str(run_dir / ".metrics")
-    assert settings["grpc_max_message_length"] == json.loads((tier_folder("cloud") / "settings.json").read_text())["grpc_max_message_length"]
+    assert settings["grpc_max_message_length"] == json.loads((TIERS["cloud"].folder() / "settings.json").read_text())["grpc_max_message_length"]
 
     default = json.loads((write_run_dir(tmp_path / "hub", "cloud", CROPNET_HANDLE, "127.0.0.1", (1, 2, 3)) / "model-settings.json").read_text())
     assert default["parameters"] == shipped["parameters"]  # the CropNet handle as shipped, version included
@@ -124,7 +125,7 @@ def test_a_run_dir_holding_other_models_is_refused(tmp_path):
 def test_mlserver_failing_to_load_the_model_ends_serve_with_one_clear_error(tmp_path, broken_model):
     """MLServer logs the runtime's error and exits 0; `serve` sees the model never got ready and says why."""
     from cassava.shared.errors import CassavaError
-    from cassava.shared.serve import serve, write_run_dir
+    from cassava.shared.server.serve import serve, write_run_dir
 
     run_dir = write_run_dir(tmp_path / "run", "cloud", str(broken_model), "127.0.0.1", (free_port(), free_port(), free_port()))
     with pytest.raises(CassavaError) as failure:
@@ -182,8 +183,8 @@ def _refused(port: int) -> bool:
 
 
 def test_serve_standin_says_where_it_listens_answers_and_stops_with_sigterm(tmp_path, standin_model):
-    from cassava.shared.transport import GrpcTransport, HttpTransport
-    from cassava.shared.v2 import build_request, decode_response
+    from cassava.shared.protocol.transport import GrpcTransport, HttpTransport
+    from cassava.shared.protocol.v2 import build_request, decode_response
 
     flags, (http_port, grpc_port, metrics_port) = _ports()
     run = Serving("cloud", "--model", "standin", *flags, "--run-dir", tmp_path / "run")
@@ -217,8 +218,8 @@ def test_serve_real_model_with_a_spec_file_and_a_worker_process(tmp_path, real_m
     process: the spec reaches the worker, and the custom metrics come back from it."""
     from cassava.shared.data import load_samples
     from cassava.shared.spec import ModelSpec
-    from cassava.shared.transport import HttpTransport
-    from cassava.shared.v2 import build_request, decode_response
+    from cassava.shared.protocol.transport import HttpTransport
+    from cassava.shared.protocol.v2 import build_request, decode_response
 
     model = tmp_path / "cassava-cnn-256"
     shutil.copytree(real_model, model)

@@ -64,7 +64,7 @@ def test_debug_shows_the_traceback(tmp_path):
 
 
 def test_servers_bind_loopback_unless_told(tmp_path):
-    from cassava.shared.serve import write_run_dir
+    from cassava.shared.server.serve import write_run_dir
 
     for tier in ("cloud", "edge"):
         settings = json.loads((write_run_dir(tmp_path / tier, tier, "standin", "127.0.0.1", (1, 2, 3)) / "settings.json").read_text())

@@ -1,9 +1,13 @@
-"""A request-body size limit for MLServer's REST server (HTTP 413), which MLServer 1.7 has no setting for.
+"""The one ASGI layer in front of MLServer's REST app, for what MLServer 1.7 lacks: a request-body size limit (413).
 
 Without it, a client can make the server buffer and JSON-parse a body of any size. gRPC already has one
 (`grpc_max_message_length` in settings.json). The limit comes from `CASSAVA_MAX_REQUEST_BYTES` (default 64 MiB: a
-batch of 16 images as the tutorial's float JSON is about 46 MB) and is installed when a cassava runtime is imported,
-which `mlserver start` does while reading model-settings.json, before it builds its REST app.
+batch of 16 images as the tutorial's float JSON is about 46 MB).
+
+MLServer has no middleware hook, so `install()` wraps its REST app factory; the model repository named in
+settings.json imports this before MLServer builds its app. Because that is a patch of MLServer internals,
+`check_in_force()` runs when a model loads and fails closed: the model does not load, and `mlserver start` stops,
+if any REST app in the process lacks the layer.
 """
 from __future__ import annotations
 
@@ -78,3 +82,21 @@ def install() -> None:
 
     create_app._cassava_limited = True
     rest_server.create_app = create_app
+
+
+def check_in_force() -> None:
+    """Raise unless every MLServer REST app in this process carries the layer (none at all is fine: a runtime
+    loaded in-process, or in one of MLServer's worker processes, serves no REST)."""
+    import gc
+
+    from mlserver.rest.server import RESTServer
+
+    from ..errors import CassavaError
+
+    servers = [o for o in gc.get_objects() if isinstance(o, RESTServer)]
+    for server in servers:
+        middleware = getattr(getattr(server, "_app", None), "user_middleware", None)
+        if middleware is None or not any(m.cls is BodySizeLimit for m in middleware):
+            raise CassavaError("the REST request-body limit is not in force (MLServer's REST app was built without "
+                               "cassava's layer): refusing to serve. Is settings.json's model_repository_implementation "
+                               "cassava.shared.server.repository.CassavaModelRepository?")

@@ -12,163 +12,30 @@ Servers are reached by `transport.py` (REST or gRPC) along a route from `routing
 from __future__ import annotations
 
 import csv
-import io
-import itertools
 import json
 import sys
-import threading
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 from typing import List, Optional
 
 import numpy as np
 
-from .console import say
-from .data import Sample, describe, load_samples
-from .errors import BadImage, CassavaError
-from .labels import CROPNET_CLASSES, TFDS_CLASSES, display_name, parse_class_list
-from .preprocess import decode_image, preprocess
-from .spec import CROPNET_HANDLE, STANDIN_NOTE, ModelSpec
+from ..console import say
+from ..data import Sample, describe, load_samples
+from ..errors import BadImage, CassavaError
+from ..labels import display_name, parse_class_list, top_k
+from ..preprocess import preprocess
+from ..protocol import DEFAULT_WIRE, WIRE_FORMATS
+from ..spec import CROPNET_HANDLE, STANDIN_NOTE
+from ..tiers import TIERS
+from .backends import InProcessBackend, ServerBackend
 
 RECORD_KEYS = ("file", "label", "prediction", "probability", "tier", "latency_ms")
 MODEL_NAME = "cassava"
-LOCAL_URL = "http://127.0.0.1:8080"
-EDGE_URL = "http://127.0.0.1:9080"
+LOCAL_URL = TIERS["cloud"].url()
+EDGE_URL = TIERS["edge"].url()
 INGRESS_URL = "http://localhost:8003"  # `kubectl port-forward` to the Seldon/Istio ingress, as in Seldon's docs
-WIRE_FORMATS = ("compact", "uint8", "photo", "float32")  # as cassava.shared.v2 (not imported here: it loads MLServer)
-
-
-class InProcessBackend:
-    """The model in this process: TF for SavedModels and TF Hub handles, the TFLite interpreter for .tflite."""
-
-    tier = "in-process"
-    threads = 1  # one model call at a time: the TFLite interpreter is not thread-safe
-
-    def __init__(self, model: str, input_scale=None, classes=None):
-        from .classifier import load_classifier
-
-        self.classifier = load_classifier(model, input_scale=input_scale, classes=classes)
-        self.spec = self.classifier.spec
-        self.title = self.spec.title
-
-    def classify(self, pixels: np.ndarray, samples: List[Sample]):
-        """-> (probabilities [N, C], class names, tier per image)."""
-        from .classifier import predict_pixels
-
-        return predict_pixels(self.classifier, pixels), self.spec.class_names, [self.tier] * len(pixels)
-
-    def close(self):
-        pass
-
-
-class ServerBackend:
-    """A V2 server (or edge-with-cloud-failover) behind the same `classify()` as InProcessBackend.
-
-    The input size comes from the model's metadata; class names from `--classes`, the metadata's parameters if
-    the runtime publishes them, else CropNet's order, corrected by every response's (class id, label) pairs.
-    Each request has its own id; a request retried on the other tier keeps it, so either tier's logs and this
-    client see one answer per request.
-    """
-
-    threads = None  # any number of requests in flight
-
-    def __init__(self, route, wire: str = "compact", input_scale=None, classes=None, tier: Optional[str] = None):
-        from .routing import SingleRoute, Tier
-        from .transport import HttpTransport
-
-        if wire not in WIRE_FORMATS:
-            raise CassavaError(f"--wire {wire}: choose from {', '.join(WIRE_FORMATS)}")
-        if isinstance(route, str):  # a bare URL: one server over REST
-            route = SingleRoute(Tier("cloud", HttpTransport(route)))
-        self.route, self.wire = route, wire
-        self.info = route.metadata()
-        extra = self.info.parameters
-        names = _initial_class_names(self.info.num_classes, classes, extra.get("class_names"))
-        version = f" {self.info.versions[0]}" if self.info.versions else ""
-        where = " or ".join(t.transport.address for t in route.tiers)
-        self.spec = ModelSpec(
-            input_size=self.info.input_size,
-            input_scale=input_scale or float(extra.get("input_scale", 1.0)),
-            class_names=names,
-            description=str(extra.get("description") or f"model '{self.info.name}'{version} at {where}"),
-            standin=str(extra.get("standin", "")).lower() == "true",
-        )
-        self.title = self.spec.title
-        self.tier = tier or route.tiers[0].name
-        self._names_from_user = bool(classes)
-        self._lock = threading.Lock()
-        self._ids = itertools.count()
-        self._id_prefix = uuid.uuid4().hex[:12]
-
-    def classify(self, pixels: np.ndarray, samples: List[Sample]):
-        from .transport import TransportError, Unavailable
-        from .v2 import build_request, decode_response
-
-        request_id = f"{self._id_prefix}-{next(self._ids)}"
-        photos = [photo_bytes(s, p) for s, p in zip(samples, pixels)] if self.wire == "photo" else None
-        request = build_request(self.wire, pixels=pixels, photos=photos, input_scale=self.spec.input_scale,
-                                grpc=self.route.grpc, request_id=request_id)
-        response, tier = self.route.infer(request)
-        if response.id and response.id != request_id:
-            raise Unavailable(f"got the answer to request {response.id}, expected {request_id}")
-        try:
-            class_ids, probabilities, labels = decode_response(response)
-        except ValueError as exc:
-            raise TransportError(f"unexpected answer from the {tier}: {exc}") from None
-        if probabilities.shape != (len(pixels), self.spec.num_classes):
-            raise TransportError(f"the {tier} answered {probabilities.shape[0]} x {probabilities.shape[1]} "
-                                 f"probabilities for {len(pixels)} images x {self.spec.num_classes} classes")
-        return probabilities, self._learn_names(class_ids, labels), [tier] * len(pixels)
-
-    def _learn_names(self, class_ids, labels) -> tuple:
-        """The server's labels name the classes it predicts; they win over guesses (and over --classes, loudly)."""
-        with self._lock:
-            names = list(self.spec.class_names)
-            for class_id, label in zip(class_ids, labels):
-                if names[class_id] != label:
-                    if self._names_from_user:
-                        print(f"note: the server calls class {class_id} {label!r}, not {names[class_id]!r} "
-                              "as --classes says; using the server's name", file=sys.stderr)
-                    names[class_id] = label
-            self.spec.class_names = tuple(names)
-            return self.spec.class_names
-
-    def close(self):
-        self.route.close()
-
-
-def _initial_class_names(count: int, classes, published) -> tuple:
-    if classes:
-        if len(classes) != count:
-            raise CassavaError(f"--classes names {len(classes)} classes but the server's model has {count}")
-        return tuple(classes)
-    if published:
-        names = tuple(str(published).split(",")) if not isinstance(published, (list, tuple)) else tuple(published)
-        if len(names) == count:
-            return names
-    for known in (CROPNET_CLASSES, TFDS_CLASSES):
-        if len(known) == count:
-            return known
-    return tuple(f"class_{i}" for i in range(count))
-
-
-def photo_bytes(sample: Optional[Sample], pixels: np.ndarray) -> bytes:
-    """The original encoded file for the `photo` wire; decoded sources (TFDS arrays) go as lossless PNG."""
-    from PIL import Image
-
-    source = sample.source if sample is not None else pixels
-    if isinstance(source, (str, Path)):
-        try:
-            return Path(source).read_bytes()
-        except OSError as exc:
-            raise BadImage(f"{source}: cannot read ({exc.strerror or exc})") from None
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        return bytes(source)
-    buffer = io.BytesIO()
-    Image.fromarray(decode_image(source)).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 # ---------------------------------------------------------------- command line
@@ -197,9 +64,8 @@ def add_arguments(parser):
     parser.add_argument("--input-scale", type=float, choices=(1.0, 255.0), help="model pixel range: 1 = [0,1], 255 = raw 0-255")
     parser.add_argument("--classes", type=parse_class_list, help="class names in model output order, e.g. cbb,cbsd,cgm,cmd,healthy")
     wire = parser.add_argument_group("talking to a server")
-    wire.add_argument("--wire", choices=WIRE_FORMATS, default="compact",
-                      help="compact: preprocessed pixels as lossless WebP (default); uint8: raw pixels; photo: the "
-                           "original files; float32: the tutorial's float JSON")
+    wire.add_argument("--wire", choices=tuple(WIRE_FORMATS), default=DEFAULT_WIRE,
+                      help="; ".join(f"{name}: {what}" for name, what in WIRE_FORMATS.items()))
     wire.add_argument("--grpc", action="store_true", help="gRPC instead of REST (port: the HTTP port + 1, or --grpc-url)")
     wire.add_argument("--grpc-url", metavar="HOST:PORT", help="gRPC address (implies --grpc)")
     wire.add_argument("--concurrency", type=int, default=2, help="requests in flight at once (default 2)")
@@ -234,7 +100,7 @@ def remote_url(url: Optional[str], namespace: str, deployment: str) -> str:
     """A bare ingress address gets Seldon's `/seldon/<namespace>/<deployment>` prefix; a URL with a path is used as is."""
     from urllib.parse import urlsplit
 
-    from .transport import check_base_url
+    from ..protocol.transport import check_base_url
 
     base = check_base_url(url or INGRESS_URL)
     return base if urlsplit(base).path else f"{base}/seldon/{namespace}/{deployment}"
@@ -244,8 +110,8 @@ def make_backend(args):
     mode = chosen_mode(args)
     if mode == "in-process":
         return InProcessBackend(args.model or CROPNET_HANDLE, input_scale=args.input_scale, classes=args.classes)
-    from .routing import FailoverRoute, SingleRoute, Tier
-    from .transport import make_transport
+    from .routing import FailoverRoute, SingleRoute, Endpoint
+    from ..protocol.transport import make_transport
 
     if args.model:
         raise CassavaError("--model is for --in-process; a server classifies with the model it serves (cassava serve --model)")
@@ -257,8 +123,8 @@ def make_backend(args):
         if args.grpc_url:
             raise CassavaError("--auto with --grpc uses each tier's HTTP port + 1; --grpc-url names one server only")
         # A connection error on the edge is an answer in itself: fall back at once rather than retry a dead Pi.
-        edge = Tier("edge", make_transport(args.edge or EDGE_URL, args.model_name, grpc, **{**options, "retries": 0}))
-        cloud = Tier("cloud", make_transport(args.cloud or LOCAL_URL, args.model_name, grpc, **options))
+        edge = Endpoint("edge", make_transport(args.edge or EDGE_URL, args.model_name, grpc, **{**options, "retries": 0}))
+        cloud = Endpoint("cloud", make_transport(args.cloud or LOCAL_URL, args.model_name, grpc, **options))
         route, tier = FailoverRoute(edge, cloud, probe_interval_s=args.probe_interval), "auto"
     else:
         headers = ()
@@ -268,7 +134,7 @@ def make_backend(args):
         else:
             url = args.local if mode == "local" else args.edge
         tier = "edge" if mode == "edge" else "cloud"
-        route = SingleRoute(Tier(tier, make_transport(url, args.model_name, grpc, args.grpc_url, headers, **options)))
+        route = SingleRoute(Endpoint(tier, make_transport(url, args.model_name, grpc, args.grpc_url, headers, **options)))
     try:
         return ServerBackend(route, wire=args.wire, input_scale=args.input_scale, classes=args.classes, tier=tier)
     except BaseException:
@@ -287,7 +153,7 @@ def _failed_record(sample: Sample, error: str, unanswered: bool) -> dict:
 
 def classify_chunk(backend, chunk: List[Sample], size: int):
     """One request's worth: [(thumbnail or None, record)] in chunk order; every sample gets a record."""
-    from .transport import TransportError
+    from ..protocol.transport import TransportError
 
     errors, good, pixels, unanswered = {}, [], [], set()
     for sample in chunk:
@@ -302,19 +168,19 @@ def classify_chunk(backend, chunk: List[Sample], size: int):
         batch = np.stack(pixels)
         started = time.perf_counter()
         try:
-            probabilities, class_names, tiers = backend.classify(batch, good)
+            answer = backend.classify(batch, good)
         except (TransportError, BadImage) as exc:  # a 4xx keeps the server's message; 5xx/unreachable after retries
             say(f"{len(good)} image(s) failed: {exc}")
             errors.update((id(s), str(exc)) for s in good)
             unanswered = {id(s) for s in good}
         else:
             latency_ms = (time.perf_counter() - started) * 1000.0 / len(good)
-            for sample, image, probs, tier in zip(good, batch, probabilities, tiers):
-                best = int(np.argmax(probs))
+            names = answer.class_names
+            for sample, image, best, probs, tier in zip(good, batch, answer.class_ids, answer.probabilities, answer.tiers):
                 results[id(sample)] = (image, {
-                    "file": sample.name, "label": sample.label, "prediction": class_names[best],
+                    "file": sample.name, "label": sample.label, "prediction": names[best],
                     "probability": round(float(probs[best]), 6), "tier": tier, "latency_ms": round(latency_ms, 3),
-                    "probabilities": {c: round(float(p), 6) for c, p in zip(class_names, probs)},
+                    "probabilities": {c: round(float(p), 6) for c, p in zip(names, probs)},
                 })
     return [results.get(id(s)) or (None, _failed_record(s, errors.get(id(s), "not classified"), id(s) in unanswered))
             for s in chunk]
@@ -376,7 +242,7 @@ def summarize(records, title: str, tier: str) -> str:
 
 def top_k_text(record: dict, k: int = 3) -> str:
     """The classic Raspberry Pi classifier output: top guesses with display names, and the time it took."""
-    ranked = sorted(record["probabilities"].items(), key=lambda kv: kv[1], reverse=True)[:k]
+    ranked = top_k(record["probabilities"].values(), record["probabilities"].keys(), k)
     lines = [f"{record['file']}  ({record['latency_ms']:.1f} ms, {record['tier']})"]
     lines += [f"  {i}. {display_name(name):<22} {name:<8} {p:6.1%}" for i, (name, p) in enumerate(ranked, 1)]
     return "\n".join(lines)
@@ -412,20 +278,27 @@ def run(args) -> int:
     samples = load_samples(args.data, args.n or None)
     backend = make_backend(args)
     try:
-        records, thumbnails = classify_samples(backend, samples, args.batch_size, progress=not args.quiet,
-                                               concurrency=args.concurrency)
+        return classify_and_report(backend, samples, describe(args.data), args.batch_size, args.concurrency,
+                                   not args.quiet, args.plot, args.json, args.csv)
     finally:
         backend.close()
+
+
+def classify_and_report(backend, samples: List[Sample], data_description: str, batch_size: int = 16,
+                        concurrency: int = 2, progress: bool = True, plot: Optional[Path] = None,
+                        json_path: Optional[Path] = None, csv_path: Optional[Path] = None) -> int:
+    """Classify, write the plot/JSON/CSV, print the summary. Returns the exit code (1: a request failed)."""
+    records, thumbnails = classify_samples(backend, samples, batch_size, progress=progress, concurrency=concurrency)
     title = backend.title
-    if "standin" in describe(args.data) and STANDIN_NOTE not in title:
+    if "standin" in data_description and STANDIN_NOTE not in title:
         title = f"{title} ({STANDIN_NOTE})"
     tier = tier_summary(records, backend.tier)
-    write_outputs(records, thumbnails, title, tier, args.plot, args.json, args.csv)
+    write_outputs(records, thumbnails, title, tier, plot, json_path, csv_path)
     done = [r for r in records if r.get("prediction")]
     if len(samples) == 1 and done:
         print(top_k_text(done[0]))
     print(summarize(records, title, tier))
-    for label, path in (("plot", args.plot), ("json", args.json), ("csv", args.csv)):
+    for label, path in (("plot", plot), ("json", json_path), ("csv", csv_path)):
         if path:
             print(f"{label}: {path}")
     return 0 if done and not any(r.get("unanswered") for r in records) else 1

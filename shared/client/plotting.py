@@ -6,7 +6,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .labels import display_name
+from ..labels import display_name
 
 
 def plot_predictions(images: Sequence[np.ndarray], records: Sequence[dict], title: str, out_path,

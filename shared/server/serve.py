@@ -16,23 +16,22 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
-import urllib.request
 from collections import deque
 from pathlib import Path
 
-from .errors import CassavaError
-from .native import native_stderr_silenced
-from .labels import parse_class_list
-from .spec import CROPNET_HANDLE, is_model_path
+from ..errors import CassavaError
+from ..native import native_stderr_silenced
+from ..labels import parse_class_list
+from ..spec import CROPNET_HANDLE, is_model_path, model_kind
+from ..tiers import TIERS
+from .process import mlserver_command, stop, wait_ready
 
 MODEL_NAME = "cassava"
-DEFAULT_PORTS = {"cloud": (8080, 8081, 8082), "edge": (9080, 9081, 9082)}
 STANDIN_VERSION_NAME = "standin-v1"
 
 
 def add_arguments(parser):
-    parser.add_argument("tier", choices=("cloud", "edge"), help="cloud: full TF model; edge: TFLite model (no TensorFlow)")
+    parser.add_argument("tier", choices=tuple(TIERS), help="cloud: full TF model; edge: TFLite model (no TensorFlow)")
     parser.add_argument("--model", help=f"cloud: TF Hub handle (default: {CROPNET_HANDLE}), SavedModel dir or 'standin' "
                                         "(offline stand-in, synthetic data); edge: model.tflite or a `cassava convert` dir (required)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
@@ -52,7 +51,7 @@ def run(args) -> int:
         raise CassavaError("serve edge needs --model: a model.tflite or a folder made by `cassava convert`")
     if args.workers is not None and args.workers < 0:
         raise CassavaError(f"--workers must be 0 or more, not {args.workers}")
-    defaults = DEFAULT_PORTS[tier]
+    defaults = TIERS[tier].ports
     ports = [p if p is not None else d for p, d in zip((args.http_port, args.grpc_port, args.metrics_port), defaults)]
     check_ports(args.host, ports)
     debug = bool(getattr(args, "debug", False))
@@ -92,7 +91,7 @@ def check_model(tier: str, model: str, input_scale=None, classes=None, debug: bo
     otherwise this command would keep TensorFlow's ~700 MB for as long as the server runs.
     Returns the model's ModelSpec.
     """
-    from .spec import ModelSpec
+    from ..spec import ModelSpec
 
     if tier == "edge":
         try:
@@ -130,31 +129,16 @@ def _cloud_spec(model, input_scale, classes, quiet: bool) -> dict:
 # ---------------------------------------------------------------- the run dir
 
 
-def tier_folder(tier: str) -> Path:
-    """The installed `cassava.cloud` / `cassava.edge` package folder, which holds the tier's MLServer settings."""
-    from importlib import resources
-
-    try:
-        folder = Path(str(resources.files(f"cassava.{tier}")))
-    except ModuleNotFoundError:
-        raise CassavaError(f"the {tier} tier is not installed (pip install 'cassava-cloud-edge[{tier}]')") from None
-    if not (folder / "model-settings.json").is_file():
-        raise CassavaError(f"{folder}: no model-settings.json for the {tier} tier")
-    return folder
-
-
 def write_run_dir(run_dir, tier: str, model: str, host: str, ports, workers=None, input_scale=None, classes=None) -> Path:
     """Copy the tier's settings into `run_dir` with this run's model, address and overrides. Returns the run dir."""
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    folder = tier_folder(tier)
-    model_settings = json.loads((folder / "model-settings.json").read_text())
-    settings = json.loads((folder / "settings.json").read_text())
+    model_settings, settings = TIERS[tier].model_settings(), TIERS[tier].settings()
 
     parameters = model_settings.setdefault("parameters", {})
     # a relative path would be read relative to the run dir by MLServer; TF Hub handles and `standin` stay as they are
     parameters["uri"] = str(Path(model).resolve()) if is_model_path(model) else model
-    if model == "standin":
+    if model_kind(model) == "standin":
         parameters["version"] = STANDIN_VERSION_NAME
     elif model.rstrip("/") != CROPNET_HANDLE and tier == "cloud":
         parameters.pop("version", None)  # the shipped version names CropNet; another model is unversioned
@@ -199,17 +183,14 @@ def serve(run_dir, tier: str, spec=None, debug: bool = False) -> int:
     shown = f"[{host}]" if ":" in host else host
     ready_url = f"http://{_local(host)}:{settings['http_port']}/v2/models/{name}/ready"
 
-    script = Path(sys.executable).parent / "mlserver"  # the one installed with this Python, whatever PATH says
-    command = [str(script)] if script.is_file() else [sys.executable, "-c", "from mlserver.cli.main import main; main()"]
-    command += ["start", str(run_dir)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+    process = subprocess.Popen(mlserver_command(run_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                preexec_fn=_die_with_parent if sys.platform == "linux" else None)
     log = _LogRelay(process, echo=debug)
     in_main_thread = threading.current_thread() is threading.main_thread()  # only there can signals be handled
     if in_main_thread:
         previous = signal.signal(signal.SIGTERM, lambda *_: process.terminate())  # stopping this command stops MLServer
     try:
-        if not _wait_ready(process, ready_url):
+        if not wait_ready(ready_url, process):  # no time limit: a TF Hub model may be slow
             process.wait()
             log.join()
             reason = log.failure() or f"MLServer exited with code {process.returncode} before the model was ready"
@@ -227,12 +208,12 @@ def serve(run_dir, tier: str, spec=None, debug: bool = False) -> int:
             return code if code > 0 else 1
         return 0
     except KeyboardInterrupt:  # Ctrl-C reaches MLServer too (same process group): let it shut down cleanly
-        _stop(process)
+        stop(process, group=False)
         raise
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)
-        _stop(process)
+        stop(process, group=False)
 
 
 def _die_with_parent():
@@ -244,30 +225,6 @@ def _die_with_parent():
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
-
-
-def _wait_ready(process: subprocess.Popen, url: str) -> bool:
-    """True once the model answers ready; False if MLServer stops first. No time limit: a TF Hub model may be slow."""
-    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via an http_proxy from the environment
-    while process.poll() is None:
-        try:
-            with direct.open(url, timeout=2) as response:
-                if response.status == 200:
-                    return True
-        except OSError:  # not listening yet, or the model is not loaded yet (4xx)
-            pass
-        time.sleep(0.25)
-    return False
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 _ERROR_LINE = re.compile(r"^(?:[\w.]+\.)?(\w*(?:Error|Exception)): (.+)$")

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from mlserver.types import InferenceRequest, InferenceResponse, MetadataModelResponse
 
-from .errors import CassavaError
+from ..errors import CassavaError
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # as the servers' grpc_max_message_length
 MAX_BACKOFF_S = 5.0

@@ -1,4 +1,10 @@
-"""The part of an MLServer runtime both tiers share: V2 decoding, micro-batching, metrics, V2 responses.
+"""The part of an MLServer runtime both tiers share. A request goes through named stages:
+
+  validate  one input, a known name, rank and batch size within limits        (protocol/v2.py, 4xx when not)
+  decode    photos -> pixels, pixels/floats -> model input, values in range   (protocol/v2.py + images.py)
+  batch     concurrent requests' images concatenated, after each was checked  (batching.py)
+  predict   the tier's classifier on the batch                               (cloud/model.py, edge/interpreter.py)
+  encode    class_ids, probabilities, labels as a V2 response                 (protocol/v2.py)
 
 A tier's runtime is a small subclass that says how to load its classifier (TF in `cassava.cloud.runtime`, TFLite
 in `cassava.edge.runtime`); requests and responses are identical on both, so one client talks to either.
@@ -9,17 +15,20 @@ import asyncio
 import logging
 
 import grpc
+import numpy as np
 from mlserver import MLModel
 from mlserver.grpc.utils import STATUS_CODE_MAPPING
 from mlserver.types import InferenceRequest, InferenceResponse, MetadataModelResponse, Parameters
 from prometheus_client import REGISTRY, Counter, Histogram
 
 from .batching import MicroBatcher
-from .classifier import Classifier
-from .errors import CassavaError
-from .labels import parse_class_list
-from .spec import is_model_path
-from .v2 import DEFAULT_MAX_REQUEST_IMAGES, BadRequest, build_response, metadata_inputs, metadata_outputs, request_to_model_input
+from ..classifier import Classifier
+from ..errors import CassavaError
+from ..labels import parse_class_list
+from ..spec import is_model_path
+from ..protocol.v2 import (DEFAULT_MAX_REQUEST_IMAGES, BadRequest, build_response, check_request, decode_input,
+                           metadata_inputs, metadata_outputs)
+from . import rest
 
 log = logging.getLogger("cassava.runtime")
 
@@ -76,6 +85,7 @@ class ImageClassifierRuntime(MLModel):
             raise CassavaError(f"model {self.name}: model file or folder not found: {uri}") from None
 
     async def load(self) -> bool:
+        rest.check_in_force()  # fail closed: no model, no server, if MLServer's REST app lacks the body limit
         extra = self._extra()
         uri = await self._model_uri()
         self.classifier = await asyncio.to_thread(self.load_classifier, uri, extra)
@@ -96,10 +106,26 @@ class ImageClassifierRuntime(MLModel):
         return True
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        request_input = self.validate(payload)
+        # Photos are decoded and resized off the event loop: a large JPEG takes milliseconds.
+        x = await asyncio.to_thread(self.decode, request_input)
+        probabilities = await self.batch(x)
+        return self.encode(probabilities, payload)
+
+    def validate(self, payload: InferenceRequest):
+        """-> the request's one image input, its envelope checked (BadRequest: 4xx with a message)."""
+        return check_request(payload, self.classifier.spec, self.max_request_images)
+
+    def decode(self, request_input) -> np.ndarray:
+        """-> float32 [N, H, W, 3] in the model's pixel range, values checked."""
+        return decode_input(request_input, self.classifier.spec)
+
+    async def batch(self, x: np.ndarray) -> np.ndarray:
+        """Probabilities for `x`, computed in a micro-batch with other requests' images (the predict stage)."""
+        return await self._batcher.predict(x)
+
+    def encode(self, probabilities: np.ndarray, payload: InferenceRequest) -> InferenceResponse:
         spec = self.classifier.spec
-        # Photos are decoded and resized here, off the event loop: a large JPEG takes milliseconds.
-        x = await asyncio.to_thread(request_to_model_input, payload, spec, self.max_request_images)
-        probabilities = await self._batcher.predict(x)
         response = build_response(self.name, self.version, probabilities, spec, payload.id)
         for class_id in probabilities.argmax(axis=1):
             _metrics()["predictions"].labels(self.name, self.tier, spec.class_names[class_id]).inc()

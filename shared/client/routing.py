@@ -15,13 +15,13 @@ from typing import Callable, List
 
 from mlserver.types import InferenceRequest
 
-from .console import say
-from .errors import CassavaError
-from .transport import ModelInfo, Unavailable
+from ..console import say
+from ..errors import CassavaError
+from ..protocol.transport import ModelInfo, Unavailable
 
 
 @dataclasses.dataclass
-class Tier:
+class Endpoint:
     name: str  # "cloud" or "edge": what each result's `tier` says
     transport: object  # HttpTransport or GrpcTransport
 
@@ -29,9 +29,9 @@ class Tier:
 class SingleRoute:
     """Every request to one tier (its transport retries on its own)."""
 
-    def __init__(self, tier: Tier):
+    def __init__(self, tier: Endpoint):
         self.tier = tier
-        self.tiers: List[Tier] = [tier]
+        self.tiers: List[Endpoint] = [tier]
         self.grpc = tier.transport.grpc
 
     def metadata(self) -> ModelInfo:
@@ -50,7 +50,7 @@ class SingleRoute:
 class FailoverRoute:
     """Prefer one tier (the edge); fall back to the other (the cloud) while it is down; return when it is back."""
 
-    def __init__(self, preferred: Tier, fallback: Tier, probe_interval_s: float = 3.0, probe_timeout_s: float = 1.0,
+    def __init__(self, preferred: Endpoint, fallback: Endpoint, probe_interval_s: float = 3.0, probe_timeout_s: float = 1.0,
                  say: Callable[[str], None] = say):
         if preferred.transport.grpc != fallback.transport.grpc:
             raise CassavaError("--auto: both tiers must use the same protocol (REST or gRPC)")
@@ -109,7 +109,7 @@ class FailoverRoute:
             return self.preferred, self.fallback
         return self.fallback, self.preferred
 
-    def _mark_down(self, tier: Tier, error: Exception) -> None:
+    def _mark_down(self, tier: Endpoint, error: Exception) -> None:
         if tier is not self.preferred:
             return
         with self._lock:

@@ -1,6 +1,6 @@
 """Write a cloud-vs-edge comparison as report.md, report.json and PNG figures.
 
-The input is the plain dict `cassava.shared.compare` builds (also what lands in report.json); nothing here runs a
+The input is the plain dict `cassava.shared.evaluate.compare` builds (also what lands in report.json); nothing here runs a
 model. Every page and figure names the models and the data, and stand-in results say "stand-in model, synthetic
 data" at the top of the page and in every figure title.
 """
@@ -11,8 +11,8 @@ import math
 from pathlib import Path
 from typing import Dict, Optional
 
-from .labels import display_name
-from .spec import STANDIN_NOTE
+from ..labels import display_name
+from ..spec import STANDIN_NOTE
 
 SMALL_N = 100  # below this many labelled images the report warns that accuracy cannot be quoted
 

@@ -22,10 +22,10 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from .data import describe, is_standin_data, load_samples, preprocess_samples
-from .errors import CassavaError
-from .labels import parse_class_list
-from .spec import CROPNET_HANDLE, STANDIN_NOTE, read_spec_file
+from ..data import describe, is_standin_data, load_samples, preprocess_samples
+from ..errors import CassavaError
+from ..labels import parse_class_list
+from ..spec import CROPNET_HANDLE, STANDIN_NOTE, model_kind, read_spec_file
 
 DEFAULT_VARIANTS = ("int8", "dynamic", "float16")
 CLOUD_NAME = "cloud TF"
@@ -106,11 +106,11 @@ def _tflite_format(variant: str, spec) -> str:
 
 
 def load_cloud(args) -> Entry:
-    from .classifier import is_tflite, load_classifier
+    from ..classifier import load_classifier
 
     model = args.cloud_model
     overrides = {"input_scale": args.input_scale, "classes": args.classes}
-    if is_tflite(model):
+    if model_kind(model) == "tflite":
         classifier = load_classifier(model, num_threads=os.cpu_count(), **overrides)
         return Entry(CLOUD_NAME.replace("TF", "TFLite"), model, "TFLite", "tflite", classifier, disk_size(model), overrides)
     classifier = load_classifier(model, **overrides)
@@ -122,11 +122,9 @@ def load_cloud(args) -> Entry:
 
 def edge_overrides(path: str, cloud: Entry) -> dict:
     """A bare .tflite without cassava-model.json borrows the cloud model's pixel range and classes."""
-    from .classifier import is_tflite
-
     if not Path(path).exists():
         raise CassavaError(f"--edge-model {path}: no such file or folder")
-    if not is_tflite(path):
+    if model_kind(path) != "tflite":
         raise CassavaError(f"--edge-model {path}: not a .tflite file or a folder with model.tflite (run `cassava convert`)")
     if read_spec_file(path) is None:
         return {"input_scale": cloud.spec.input_scale, "classes": cloud.spec.class_names}
@@ -134,7 +132,7 @@ def edge_overrides(path: str, cloud: Entry) -> dict:
 
 
 def edge_entries(paths: List[str], cloud: Entry) -> List[Entry]:
-    from .classifier import load_classifier
+    from ..classifier import load_classifier
 
     entries, seen = [], set()
     for path in paths:
@@ -165,7 +163,7 @@ def conversion_plan(args) -> Dict[str, List[str]]:
     unknown = [v for v in variants if v not in ("int8", "dynamic", "float16", "none")]
     if unknown or not variants or len(set(variants)) != len(variants):
         raise CassavaError(f"--variants {args.variants}: expected some of int8,dynamic,float16,none")
-    standin = args.cloud_model == "standin"
+    standin = model_kind(args.cloud_model) == "standin"
     verify = [] if standin else ["--verify-data", *args.data]
     plan = {}
     for variant in variants:
@@ -246,8 +244,8 @@ def conversion_notes(entries: List["Entry"], eval_data: str) -> tuple:
 
 def _identity(model: str) -> dict:
     """What identifies a model version for the conversion cache: its path and the SavedModel's mtime."""
-    if model == "standin":
-        from .cache import STANDIN_VERSION
+    if model_kind(model) == "standin":
+        from ..cache import STANDIN_VERSION
 
         return {"model": model, "version": STANDIN_VERSION}
     path = Path(model)
@@ -300,7 +298,7 @@ def tf_latency_one_thread(args, x: np.ndarray) -> Dict:
         np.save(pixels, x)
         job = {"model": args.cloud_model, "input_scale": args.input_scale,
                "classes": list(args.classes) if args.classes else None, "x": str(pixels), "threads": 1}
-        code = "from cassava.shared.compare import _latency_worker; _latency_worker()"
+        code = "from cassava.shared.evaluate.compare import _latency_worker; _latency_worker()"
         result = subprocess.run([sys.executable, "-c", code, json.dumps(job)], capture_output=True, text=True,
                                 env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""})
     if result.returncode != 0:
@@ -316,7 +314,7 @@ def _latency_worker():
 
     tf.config.threading.set_intra_op_parallelism_threads(job["threads"])
     tf.config.threading.set_inter_op_parallelism_threads(job["threads"])
-    from .classifier import load_classifier
+    from ..classifier import load_classifier
 
     classifier = load_classifier(job["model"], input_scale=job["input_scale"],
                                  classes=tuple(job["classes"]) if job["classes"] else None)
@@ -326,7 +324,7 @@ def _latency_worker():
 
 def measure_latency(entry: Entry, args, x: np.ndarray) -> Dict:
     """p50/p95 per image at 1 thread and at all threads, honestly labelled for TF."""
-    from .classifier import load_classifier
+    from ..classifier import load_classifier
 
     cores = os.cpu_count() or 1
     if entry.kind == "tflite":
@@ -363,55 +361,25 @@ def parse_via(text: str) -> List[tuple]:
 
 
 def via_entries(text: str, classes=None) -> List[Entry]:
-    """One entry per running server, each spoken to over V2 REST with the client's transport (uint8 pixels)."""
+    """One entry per running server, each spoken to over V2 REST by the client's own backend (uint8 pixels)."""
     try:
-        from .transport import HttpTransport
+        from ..client.backends import ServerBackend
     except ImportError:
-        raise CassavaError("--via needs the HTTP client (cassava.shared.transport), which this install lacks; "
+        raise CassavaError("--via needs the HTTP client (pip install 'cassava-cloud-edge[client]'); "
                            "compare in-process instead") from None
     entries = []
     for name, url in parse_via(text):
-        classifier = _ServerClassifier(HttpTransport(url), classes)
-        entry = Entry(name, url, "V2 server (REST, uint8 pixels)", "server", classifier, None)
-        entries.append(entry)
+        classifier = ServerBackend(url, wire="uint8", classes=classes, strict_classes=True)
+        classifier.spec.description = f"{classifier.info.name} at {url}"
+        entries.append(Entry(name, url, "V2 server (REST, uint8 pixels)", "server", classifier, None))
     return entries
-
-
-class _ServerClassifier:
-    """A running V2 server seen as a Classifier over uint8 pixels (the server applies its own pixel range)."""
-
-    raw_pixels = True
-
-    def __init__(self, transport, classes=None):
-        from .labels import CROPNET_CLASSES, TFDS_CLASSES
-        from .spec import ModelSpec
-
-        self.transport = transport
-        info = transport.metadata()
-        names = classes or info.parameters.get("class_names") or \
-            {len(CROPNET_CLASSES): CROPNET_CLASSES, len(TFDS_CLASSES): TFDS_CLASSES}.get(info.num_classes)
-        if not names or len(names) != info.num_classes:
-            raise CassavaError(f"{transport.address}: the model has {info.num_classes} classes; name them with --classes")
-        self.spec = ModelSpec(input_size=info.input_size, class_names=tuple(names),
-                              description=f"{info.name} at {transport.address}")
-
-    def predict(self, pixels: np.ndarray) -> np.ndarray:
-        from .v2 import build_request, decode_response
-
-        response = self.transport.infer(build_request("uint8", pixels=np.asarray(pixels, dtype=np.uint8)))
-        class_ids, probs, labels = decode_response(response)
-        for class_id, label in zip(class_ids, labels):
-            if self.spec.class_names[int(class_id)] != label:
-                raise CassavaError(f"{self.transport.address}: class {int(class_id)} is {label!r} on the server but "
-                                   f"{self.spec.class_names[int(class_id)]!r} here; pass --classes in the server's order")
-        return probs
 
 
 # ---------------------------------------------------------------------------------------------- the comparison
 
 
 def _model_input(entry: Entry, pixels: np.ndarray) -> np.ndarray:
-    from .preprocess import to_model_input
+    from ..preprocess import to_model_input
 
     if getattr(entry.classifier, "raw_pixels", False):
         return pixels
@@ -509,7 +477,7 @@ def compare(args) -> Dict:
     for result, scores in zip(results, score(y_true, probs_by_name, cloud.name, all_classes)):
         result.update(scores)
 
-    standin = bool(cloud.spec.standin or is_standin_data(args.data) or (args.cloud_model == "standin" and not args.via))
+    standin = bool(cloud.spec.standin or is_standin_data(args.data) or (model_kind(args.cloud_model) == "standin" and not args.via))
     title = (f"V2 servers {', '.join(e.name for e in entries)}" if args.via
              else f"{cloud.spec.title}: cloud TF vs edge TFLite")
     if standin and STANDIN_NOTE not in title:

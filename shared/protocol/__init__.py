@@ -1,0 +1,21 @@
+"""The wire between a client and either tier: V2 (Open Inference) codecs and the transports that carry them.
+
+  images.py     ImagePayloadCodec: encoded photos (JPEG/PNG/WebP) <-> a V2 BYTES input, both directions
+  v2.py         requests from images, model input from requests, responses both ways (MLServer's types)
+  transport.py  one request to one server and back: REST (httpx) or gRPC (MLServer's stubs)
+
+This module itself imports nothing heavy: the CLI reads the wire-format names without loading MLServer.
+"""
+
+# Input names a request may carry (exactly one per request), and the outputs every answer has.
+FLOAT_INPUT, PIXELS_INPUT, PHOTOS_INPUT = "payload", "pixels", "photos"
+CLASS_IDS, PROBABILITIES, LABELS = "class_ids", "probabilities", "labels"
+
+# The client's wire formats: how a request carries the images (see v2.build_request).
+WIRE_FORMATS = {
+    "compact": "preprocessed pixels as lossless WebP in `photos` (default)",
+    "uint8": "preprocessed pixels as UINT8 `pixels`",
+    "photo": "the original files in `photos`",
+    "float32": "the tutorial's FP32 `payload` in the model's pixel range",
+}
+DEFAULT_WIRE = "compact"
