@@ -14,7 +14,7 @@ help:
 	@echo "make test     the whole test suite (installs what it needs)"
 	@echo "make compare  cloud vs edge accuracy comparison (stand-in; real model when ../shared exists)"
 	@echo "make bench    benchmarks, printed as a table of ratios"
-	@echo "make images   docker buildx commands for the cloud and edge images"
+	@echo "make images   build the cloud (amd64) and edge (arm64) images here; prints the docker buildx commands too"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,11 +24,15 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# nginx plays the Seldon ingress in the --remote tests; installed from Debian when missing (CI runs as root).
+# nginx plays the Seldon ingress in the --remote tests; docker, qemu and debootstrap build and run the images in
+# tests/test_images.py (which starts dockerd and registers qemu itself). Installed from Debian when missing (CI is root).
+SYSTEM_DEPS := nginx:nginx-light dockerd:docker.io qemu-aarch64-static:qemu-user-static debootstrap:debootstrap
 system-deps:
-	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null; \
-	  else echo "nginx not found: the --remote proxy tests will be skipped (apt-get install nginx-light)"; fi; }
+	@missing="$$(for dep in $(SYSTEM_DEPS); do command -v $${dep%%:*} >/dev/null 2>&1 || [ -x /usr/sbin/$${dep%%:*} ] \
+	  || echo $${dep#*:}; done)"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "not installed: $$missing (apt-get install them as root); tests that need them will say so"; fi; fi
 
 demo: install
 	$(BIN)/cassava demo --out out/demo

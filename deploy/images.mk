@@ -2,58 +2,42 @@
 #
 #   include deploy/images.mk
 #
-#   make images                   print the docker buildx commands (the default: nothing is built)
-#   make images BUILD=1           run them too, when `docker buildx version` works
-#   make images BUILD=1 PUSH=1    ... and push to the registry (needed for the multi-platform edge image)
+#   make images          build both images on this machine: cassava-cloud:0.1.0 (linux/amd64) and
+#                        cassava-edge:0.1.0 (linux/arm64, through qemu), offline after the first download
+#   make images-cloud    one of them (images-edge likewise)
+#   make images-buildx   print the `docker buildx` commands for a machine with buildx and a registry
 #
-# Paths are relative to the repository root, the build context of both Dockerfiles.
-# Overridable: CASSAVA_REGISTRY, CASSAVA_IMAGE_TAG, CLOUD_IMAGE, EDGE_IMAGE, CLOUD_PLATFORMS,
-# EDGE_PLATFORMS, BUILDX. The same names are in deploy/ (kustomize `images:`) and
-# deploy/seldon/predictor-servers-values.yaml: change them together.
+# Everything is done by the scripts in deploy/images/ (see deploy/README.md): dockerd and qemu binfmt when
+# missing, a Debian bookworm base image per architecture built with debootstrap, and a wheelhouse per tier and
+# platform downloaded on the host. Base images and wheelhouses are cached outside the checkout
+# ($CASSAVA_BUILD_CACHE, default /var/cache/cassava-build as root), so a second build is fast.
+# Overridable: CASSAVA_IMAGE_TAG, CASSAVA_REGISTRY (buildx commands only), BUILDX, BASE_IMAGE (skip the Debian base).
 
 # Keep the including Makefile's default goal: this file's targets must not become it
 # (when this file is the main makefile, `images` is the default).
 _CASSAVA_IMAGES_MK := $(lastword $(MAKEFILE_LIST))
 _CASSAVA_IMAGES_SAVED_GOAL := $(.DEFAULT_GOAL)
+_CASSAVA_IMAGES_DIR := $(dir $(_CASSAVA_IMAGES_MK))images
 
-CASSAVA_REGISTRY ?= ghcr.io/farm-ext
 CASSAVA_IMAGE_TAG ?= 0.1.0
-CLOUD_IMAGE ?= $(CASSAVA_REGISTRY)/cassava-cloud:$(CASSAVA_IMAGE_TAG)
-EDGE_IMAGE ?= $(CASSAVA_REGISTRY)/cassava-edge:$(CASSAVA_IMAGE_TAG)
-CLOUD_PLATFORMS ?= linux/amd64
-EDGE_PLATFORMS ?= linux/arm64,linux/arm/v7
+CASSAVA_REGISTRY ?= REGISTRY
 BUILDX ?= docker buildx
-BUILD ?= 0
-PUSH ?= 0
+# The wheelhouse scripts read pyproject.toml with Python >= 3.11 (tomllib) and download with its pip.
+IMAGES_PYTHON ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
 
-# A multi-platform result cannot be --load'ed into a local docker image store: the edge image is
-# pushed (PUSH=1) or stays in the buildx cache; the single-platform cloud image is loaded otherwise.
-_CLOUD_OUTPUT = $(if $(filter 1,$(PUSH)), --push, --load)
-_EDGE_OUTPUT = $(if $(filter 1,$(PUSH)), --push)
+.PHONY: images images-cloud images-edge images-buildx
+images: images-cloud images-edge images-buildx
 
-CLOUD_BUILD_CMD = $(BUILDX) build --platform $(CLOUD_PLATFORMS) -f cloud/Dockerfile -t $(CLOUD_IMAGE)$(_CLOUD_OUTPUT) .
-EDGE_BUILD_CMD = $(BUILDX) build --platform $(EDGE_PLATFORMS) -f edge/Dockerfile -t $(EDGE_IMAGE)$(_EDGE_OUTPUT) .
+images-cloud images-edge: images-%:
+	PYTHON=$(IMAGES_PYTHON) $(_CASSAVA_IMAGES_DIR)/build.sh $* $(CASSAVA_IMAGE_TAG)
 
-# $(1): the command. Always printed; run only with BUILD=1 and a working buildx, never an error otherwise.
-define _cassava_build
-	@echo '$(1)'
-	@if [ "$(BUILD)" != "1" ]; then \
-	  echo '  (not run: set BUILD=1 to build)'; \
-	elif ! $(BUILDX) version >/dev/null 2>&1; then \
-	  echo '  (not run: `$(BUILDX) version` failed, docker buildx is not available here)'; \
-	else \
-	  $(1); \
-	fi
-endef
-
-.PHONY: images images-cloud images-edge
-images: images-cloud images-edge
-
-images-cloud:
-	$(call _cassava_build,$(CLOUD_BUILD_CMD))
-
-images-edge:
-	$(call _cassava_build,$(EDGE_BUILD_CMD))
+# A registry user builds with the public Python base image (BASE_IMAGE's default in the Dockerfiles).
+images-buildx:
+	@echo "With docker buildx and a registry (wheelhouses first, then build and push):"
+	@echo "  $(_CASSAVA_IMAGES_DIR)/wheels.sh cloud linux/amd64 && $(_CASSAVA_IMAGES_DIR)/wheels.sh edge linux/arm64"
+	@echo "  $(BUILDX) build --platform linux/amd64 -f cloud/Dockerfile -t $(CASSAVA_REGISTRY)/cassava-cloud:$(CASSAVA_IMAGE_TAG) --push ."
+	@echo "  $(BUILDX) build --platform linux/arm64 -f edge/Dockerfile -t $(CASSAVA_REGISTRY)/cassava-edge:$(CASSAVA_IMAGE_TAG) --push ."
+	@echo "then point the manifests at them: deploy/README.md, section 1."
 
 ifeq ($(firstword $(MAKEFILE_LIST)),$(_CASSAVA_IMAGES_MK))
 .DEFAULT_GOAL := images
