@@ -35,7 +35,7 @@ INSTALL_SH = """#!/bin/sh
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 dest=${{1:-$HOME/cassava}}
-python3 -c 'import sys; sys.exit(0 if sys.version_info[:2] == ({major}, {minor}) else "this bundle needs Python {python}")'
+python3 -c 'import sys; sys.exit(sys.version_info[:2] != ({major}, {minor}) and "this bundle needs Python {python}")'
 python3 -m venv "$dest"
 "$dest/bin/pip" install --no-index --find-links "$here/wheels" --disable-pip-version-check -q "{dist}[edge]"
 mkdir -p "$dest/model" && cp "$here"/model/* "$dest/model/"
@@ -44,12 +44,14 @@ echo "installed in $dest; serve with: $dest/bin/cassava serve edge --model $dest
 
 
 def add_arguments(parser):
-    parser.add_argument("tier", choices=("edge",), help="edge: the TFLite server (the only tier that runs offline on a device)")
-    parser.add_argument("--platform", default="linux/arm64", help="the device's platform (default linux/arm64: "
-                                                                  "Raspberry Pi OS 64-bit; also linux/amd64)")
-    parser.add_argument("--model", required=True, type=Path, help="a folder made by `cassava convert` (model.tflite + cassava-model.json)")
+    parser.add_argument("tier", choices=("edge",), help="edge: the TFLite server (the tier that runs on a device)")
+    parser.add_argument("--platform", default="linux/arm64",
+                        help="the device's platform (default linux/arm64: Raspberry Pi OS 64-bit; also linux/amd64)")
+    parser.add_argument("--model", required=True, type=Path,
+                        help="a folder made by `cassava convert` (model.tflite + cassava-model.json)")
     parser.add_argument("--out", required=True, type=Path, metavar="FILE.tar.gz", help="the bundle to write")
-    parser.add_argument("--python-version", default="3.11", help="the device's Python (default 3.11, Raspberry Pi OS bookworm)")
+    parser.add_argument("--python-version", default="3.11",
+                        help="the device's Python (default 3.11, Raspberry Pi OS bookworm)")
 
 
 def run(args) -> int:

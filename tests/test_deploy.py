@@ -1,9 +1,9 @@
-"""Offline checks of the Kubernetes manifests (deploy/), the two Dockerfiles and deploy/images.mk.
+"""Offline checks of the Kubernetes manifests (deploy/) and deploy/images.mk.
 
-Nothing here needs a cluster, a registry or a Docker engine: kustomize renders every kustomization,
-core kinds go through kubernetes-validate --strict, SeldonDeployments through the Seldon Core 1.17.1
-CRD schema (../shared/k8s/crds) plus the rules its admission webhook and operator apply, and the
-images' build-time logic runs on the repository's own MLServer settings.
+Nothing here needs a cluster: kustomize renders every kustomization, core kinds go through kubernetes-validate
+--strict, SeldonDeployments through the Seldon Core 1.17.1 CRD schema (../shared/k8s/crds). Whether the ports, env,
+probes and mounts the manifests declare are what the containers really serve is tested on the built images, in
+tests/test_images.py.
 """
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import functools
 import json
 import os
 import re
-import shlex
 import shutil
 import subprocess
 import sys
@@ -29,8 +28,9 @@ VALUES_FILE = DEPLOY / "seldon" / "predictor-servers-values.yaml"
 
 NAMESPACE = "cassava"
 MODEL = "cassava"
-CLOUD_IMAGE = "ghcr.io/farm-ext/cassava-cloud:0.1.0"
-EDGE_IMAGE = "ghcr.io/farm-ext/cassava-edge:0.1.0"
+# The local tags `make images` builds (deploy/images.mk); a registry is set with kustomize `images:`.
+CLOUD_IMAGE = "cassava-cloud:0.1.0"
+EDGE_IMAGE = "cassava-edge:0.1.0"
 IMPLEMENTATIONS = {"cloud": "cassava.cloud.runtime.CloudRuntime", "edge": "cassava.edge.runtime.EdgeRuntime"}
 # Seldon Core v1 gives the first model container of a predictor HTTP 9000 / gRPC 9500.
 SELDON_HTTP_PORT, SELDON_GRPC_PORT = 9000, 9500
@@ -39,7 +39,6 @@ TIER_PORTS = {"cloud": {"http": 8080, "grpc": 8081, "metrics": 8082},
               "edge": {"http": 9080, "grpc": 9081, "metrics": 9082}}
 SETTINGS_PORT_KEYS = {"http": "http_port", "grpc": "grpc_port", "metrics": "metrics_port"}
 ENV_PORT_KEYS = {"http": "MLSERVER_HTTP_PORT", "grpc": "MLSERVER_GRPC_PORT", "metrics": "MLSERVER_METRICS_PORT"}
-SELDON_PROTOCOLS = {"seldon", "tensorflow", "v2", "kfserving"}
 SELDON_GROUP = "machinelearning.seldon.io"
 EDGE_LABEL = "node-role.kubernetes.io/edge"
 ARCH_LABEL = "kubernetes.io/arch"
@@ -47,7 +46,7 @@ NO_ENGINE = "seldon.io/no-engine"
 MODEL_MOUNT = "/mnt/models"
 
 # Every kustomization the README documents; more may exist and are rendered and validated too.
-EXPECTED_KUSTOMIZATIONS = {".", "cloud", "edge", "overlays/autoscale", "overlays/edge-plain"}
+EXPECTED_KUSTOMIZATIONS = {".", "cloud", "edge", "overlays/autoscale", "overlays/edge-plain", "overlays/ingress-nginx"}
 KUSTOMIZATIONS = sorted(str(p.parent.relative_to(DEPLOY)) for p in DEPLOY.rglob("kustomization.yaml"))
 # The plain-Deployment edge variant is for KubeEdge clusters without Seldon: every other kustomization has SDeps.
 WITHOUT_SELDON = ("overlays/edge-plain",)
@@ -280,7 +279,8 @@ def test_crd_schema_check_catches_errors_and_accepts_int_or_string():
 
     def with_cpu_limit(value):  # quantities are x-kubernetes-int-or-string
         changed = copy.deepcopy(doc)
-        changed["spec"]["predictors"][0]["componentSpecs"][0]["spec"]["containers"][0]["resources"]["limits"]["cpu"] = value
+        container = changed["spec"]["predictors"][0]["componentSpecs"][0]["spec"]["containers"][0]
+        container["resources"]["limits"]["cpu"] = value
         return changed
 
     assert not _schema_errors(validator, with_cpu_limit(2))
@@ -290,95 +290,6 @@ def test_crd_schema_check_catches_errors_and_accepts_int_or_string():
 
 def _registered_servers() -> dict:
     return (seldon_values() or {}).get("predictor_servers") or {}
-
-
-def _admission_problems(doc: dict, spec_fields: set) -> list:
-    """What Seldon's admission webhook and operator would reject, or silently do differently."""
-    problems = []
-    spec = doc["spec"]
-    unknown = set(spec) - spec_fields
-    if unknown:
-        problems.append(f"unknown spec fields {sorted(unknown)}")
-    if "protocol" in spec and spec["protocol"] not in SELDON_PROTOCOLS:
-        problems.append(f"protocol {spec['protocol']!r} is not one of {sorted(SELDON_PROTOCOLS)}")
-    predictors = spec.get("predictors") or []
-    if not predictors:
-        problems.append("no predictors")
-    names = [p.get("name") for p in predictors]
-    if len(names) != len(set(names)):
-        problems.append(f"duplicate predictor names {names}")
-    if len(predictors) == 1 and predictors[0].get("traffic", 0) not in (0, 100):
-        problems.append("a single predictor's traffic must be 100 when set")
-    for predictor in predictors:
-        nodes = list(graph_nodes(predictor["graph"]))
-        node_names = [n["name"] for n in nodes]
-        by_name = {}
-        for component in predictor.get("componentSpecs") or []:
-            for container in (component.get("spec") or {}).get("containers") or []:
-                by_name[container["name"]] = container
-                if container["name"] not in node_names:
-                    problems.append(f"container {container['name']!r} matches no graph node {node_names}")
-        if (predictor.get("annotations") or {}).get(NO_ENGINE) == "true" and len(nodes) > 1:
-            problems.append("seldon.io/no-engine is only valid for a one-node graph")
-        for node in nodes:
-            container = by_name.get(node["name"])
-            implementation = node.get("implementation")
-            if implementation in (None, "UNKNOWN_IMPLEMENTATION"):
-                if container is None:
-                    problems.append(f"graph node {node['name']!r} has no container of the same name")
-                elif not container.get("image"):
-                    problems.append(f"custom container {node['name']!r} has no image")
-                if node.get("type") is None and not node.get("methods"):
-                    problems.append(f"graph node {node['name']!r} has neither type nor methods")
-            else:
-                if not node.get("modelUri"):
-                    problems.append(f"prepackaged node {node['name']!r} has no modelUri")
-                if container is not None and container.get("image"):
-                    problems.append(f"node {node['name']!r} sets implementation {implementation} and a custom "
-                                    "image: a custom image takes no implementation")
-                protocols = (_registered_servers().get(implementation) or {}).get("protocols") or {}
-                builtin = implementation in {"SKLEARN_SERVER", "XGBOOST_SERVER", "MLFLOW_SERVER", "TENSORFLOW_SERVER",
-                                             "TRITON_SERVER", "HUGGINGFACE_SERVER", "TEMPO_SERVER"}
-                v2 = spec.get("protocol") in ("v2", "kfserving")
-                if not builtin and not (v2 and {"v2", "kfserving"} & set(protocols)):
-                    problems.append(f"{implementation} is not registered for protocol {spec.get('protocol')!r} in "
-                                    f"{VALUES_FILE.relative_to(REPO)}")
-    return problems
-
-
-@pytest.mark.parametrize("rel", WITH_SELDON)
-def test_seldondeployments_follow_the_admission_rules(rel):
-    docs = sdeps(render(rel))
-    assert docs, f"deploy/{rel} renders no SeldonDeployment"
-    spec_fields = set(_sdep_schema()["properties"]["spec"]["properties"])
-    for doc in docs:
-        problems = _admission_problems(doc, spec_fields)
-        assert not problems, f"{doc['metadata']['name']}: " + "; ".join(problems)
-
-
-def test_admission_rules_catch_broken_deployments():
-    spec_fields = set(_sdep_schema()["properties"]["spec"]["properties"])
-    cloud = one(render("cloud"), "SeldonDeployment", MODEL)
-    edge = one(render("edge"), "SeldonDeployment", "cassava-edge")
-
-    renamed = copy.deepcopy(cloud)
-    renamed["spec"]["predictors"][0]["componentSpecs"][0]["spec"]["containers"][0]["name"] = "model"
-    assert any("matches no graph node" in p for p in _admission_problems(renamed, spec_fields))
-
-    with_implementation = copy.deepcopy(cloud)
-    with_implementation["spec"]["predictors"][0]["graph"]["implementation"] = "SKLEARN_SERVER"
-    with_implementation["spec"]["predictors"][0]["graph"]["modelUri"] = "gs://x"
-    assert any("custom image" in p for p in _admission_problems(with_implementation, spec_fields))
-
-    typo = copy.deepcopy(cloud)
-    typo["spec"]["protocl"] = "v2"
-    typo["spec"]["protocol"] = "V2"
-    problems = _admission_problems(typo, spec_fields)
-    assert any("unknown spec fields" in p for p in problems) and any("protocol" in p for p in problems)
-
-    unregistered = copy.deepcopy(edge)
-    unregistered["spec"]["predictors"][0]["graph"]["implementation"] = "ONNX_SERVER"
-    assert any("not registered" in p for p in _admission_problems(unregistered, spec_fields))
 
 
 # ----------------------------------------------------------------------------- replicas and autoscaling
@@ -418,11 +329,6 @@ def test_autoscale_overlay_adds_only_an_hpa_spec():
     without = copy.deepcopy(doc)
     del without["spec"]["predictors"][0]["componentSpecs"][0]["hpaSpec"]
     assert without == one(render("cloud"), "SeldonDeployment", MODEL)
-
-
-def test_autoscale_readme_says_manual_scaling_has_no_effect():
-    text = " ".join((DEPLOY / "overlays" / "autoscale" / "README.md").read_text().split()).lower()
-    assert "kubectl scale sdep cassava" in text and "no effect" in text
 
 
 # ----------------------------------------------------------------------------- placement and resources
@@ -487,7 +393,6 @@ def test_edge_seldon_workload():
     graph = predictor["graph"]
     assert graph["name"] == MODEL and graph["implementation"] == "TFLITE_SERVER"
     assert re.match(r"^(s3|gs|pvc|https?)://", graph["modelUri"]), graph["modelUri"]
-    assert graph["modelUri"] in (DEPLOY / "README.md").read_text(), "README should document the modelUri"
 
     (pod,) = pod_specs(doc)
     _assert_on_arm_edge_nodes(pod)
@@ -526,7 +431,7 @@ def test_edge_plain_workload():
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     assert mounts[MODEL_MOUNT].get("readOnly") is True
     volume = next(v for v in pod["volumes"] if v["name"] == mounts[MODEL_MOUNT]["name"])
-    assert volume["hostPath"]["path"] in (DEPLOY / "README.md").read_text(), "README should say where the model goes"
+    assert volume["hostPath"]["type"] == "Directory"
 
 
 @pytest.mark.parametrize("rel", KUSTOMIZATIONS)
@@ -542,7 +447,7 @@ def test_containers_are_hardened(rel):
                 assert non_root is True, where
 
 
-# ----------------------------------------------------------------------------- TFLITE_SERVER and images
+# ----------------------------------------------------------------------------- images and the TFLITE_SERVER
 
 def test_tflite_server_registration_points_at_the_edge_image():
     protocols = _registered_servers()["TFLITE_SERVER"]["protocols"]
@@ -556,47 +461,23 @@ def _make(*args, env=None, cwd=REPO, makefile=DEPLOY / "images.mk"):
     if make is None:
         pytest.skip("make not found")
     # Not the variables of a calling make (`make test`): this is a top-level make of its own.
-    ignored = ("BUILD", "PUSH", "BUILDX", "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEFILES")
+    ignored = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEFILES")
     clean = {k: v for k, v in os.environ.items() if k not in ignored}
     clean.update(env or {})
     return subprocess.run([make, "-s", "--no-print-directory", "-f", str(makefile), *args],
                           capture_output=True, text=True, timeout=60, cwd=cwd, env=clean)
 
 
-def _build_lines(output: str) -> list:
-    return [line for line in output.splitlines() if " build --platform " in line]
-
-
-def test_images_target_prints_both_build_commands_and_builds_nothing_by_default():
-    proc = _make("images")
+def test_buildx_commands_name_the_images_the_manifests_use():
+    proc = _make("images-buildx", env={"CASSAVA_REGISTRY": "registry.example/farm"})
     assert proc.returncode == 0, proc.stderr
-    cloud, edge = _build_lines(proc.stdout)
-    assert cloud.startswith("docker buildx build ") and edge.startswith("docker buildx build ")
-    assert "--platform linux/amd64 " in cloud and "-f cloud/Dockerfile" in cloud and f"-t {CLOUD_IMAGE}" in cloud
-    assert "--platform linux/arm64,linux/arm/v7 " in edge and "-f edge/Dockerfile" in edge
-    assert f"-t {EDGE_IMAGE}" in edge
-    assert cloud.endswith(" .") and edge.endswith(" .")
-    assert proc.stdout.count("not run") == 2
-
-
-def test_images_target_does_not_fail_without_buildx(tmp_path):
-    proc = _make("images", env={"BUILD": "1", "BUILDX": f"{tmp_path}/no-such-docker buildx"})
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.count("not run") == 2
-
-
-def test_images_target_runs_the_commands_with_build_1_and_a_working_buildx(tmp_path):
-    log = tmp_path / "calls.log"
-    fake = tmp_path / "fake-docker"
-    fake.write_text(f'#!/bin/sh\necho "$@" >> "{log}"\n')
-    fake.chmod(0o755)
-    proc = _make("images", env={"BUILD": "1", "PUSH": "1", "BUILDX": f"{fake} buildx"})
-    assert proc.returncode == 0, proc.stderr
-    calls = log.read_text().splitlines()
-    assert calls[0] == "buildx version"
-    builds = [c for c in calls if c.startswith("buildx build")]
-    assert len(builds) == 2 and all("--push" in b for b in builds)
-    assert any(f"-t {CLOUD_IMAGE}" in b for b in builds) and any(f"-t {EDGE_IMAGE}" in b for b in builds)
+    builds = [line.strip() for line in proc.stdout.splitlines() if " buildx build " in line]
+    platforms = {re.search(r"--platform (\S+)", b).group(1): re.search(r" -t (\S+)", b).group(1) for b in builds}
+    assert platforms == {"linux/amd64": f"registry.example/farm/{CLOUD_IMAGE}",
+                         "linux/arm64": f"registry.example/farm/{EDGE_IMAGE}"}
+    assert all(b.endswith("--push .") for b in builds)
+    used = {c["image"] for rel in KUSTOMIZATIONS for d in render(rel) for c in containers(d) if c.get("image")}
+    assert used == {CLOUD_IMAGE, EDGE_IMAGE}
 
 
 @pytest.mark.parametrize("first", [True, False])
@@ -609,169 +490,60 @@ def test_including_images_mk_keeps_the_default_goal(tmp_path, first):
     assert proc.returncode == 0 and proc.stdout.strip() == "hello", proc.stdout + proc.stderr
 
 
-def test_image_names_agree_everywhere():
-    printed = _build_lines(_make("images").stdout)
-    tags = {re.search(r" -t (\S+)", line).group(1) for line in printed}
-    assert tags == {CLOUD_IMAGE, EDGE_IMAGE}
+# ----------------------------------------------------------------------------- scale-down and the ingress limit
 
-    used = {c["image"] for rel in KUSTOMIZATIONS for d in render(rel) for c in containers(d) if c.get("image")}
-    assert used <= tags, f"manifests use images images.mk does not build: {used - tags}"
-    assert {c["image"] for c in containers(one(render("cloud"), "SeldonDeployment", MODEL))} == {CLOUD_IMAGE}
-    assert {c["image"] for d in render("overlays/edge-plain") for c in containers(d)} == {EDGE_IMAGE}
-
-    readme = (DEPLOY / "README.md").read_text()
-    for tier, image in (("cloud", CLOUD_IMAGE), ("edge", EDGE_IMAGE)):
-        assert image in readme
-        assert image in (REPO / tier / "Dockerfile").read_text(), f"{tier}/Dockerfile's build comment names {image}"
+# The time a pod keeps draining accepted requests after SIGTERM, beyond its preStop sleep.
+MIN_DRAIN_SECONDS = 25
 
 
-# ----------------------------------------------------------------------------- Dockerfiles
-
-def dockerfile_instructions(path: Path) -> list:
-    """(INSTRUCTION, arguments) pairs, with continuation lines joined and comment lines dropped."""
-    instructions, current = [], ""
-    for raw in path.read_text().splitlines():
-        line = raw.strip()
-        if line.startswith("#") or (not line and not current):
-            continue
-        if line.endswith("\\"):
-            current += line[:-1] + " "
-            continue
-        current += line
-        keyword, _, rest = current.strip().partition(" ")
-        instructions.append((keyword.upper(), rest.strip()))
-        current = ""
-    return instructions
+def _workloads():
+    for rel in ("cloud", "edge", "overlays/edge-plain"):
+        for doc in render(rel):
+            for spec in pod_specs(doc):
+                yield f"{rel}: {doc['kind']}/{doc['metadata']['name']}", spec
 
 
-def final_stage(path: Path) -> list:
-    instructions = dockerfile_instructions(path)
-    last_from = max(i for i, (keyword, _) in enumerate(instructions) if keyword == "FROM")
-    return instructions[last_from:]
+@pytest.mark.parametrize("where,pod", list(_workloads()), ids=lambda value: value if isinstance(value, str) else "")
+def test_pods_sleep_before_sigterm_and_have_time_to_drain(where, pod):
+    """preStop sleep (the endpoint removal reaches the ingress first), then a grace period that leaves time to answer
+    what was accepted (deploy/README.md, "Scale-down")."""
+    for container in pod["containers"]:
+        command = container["lifecycle"]["preStop"]["exec"]["command"]
+        assert command[0] == "/bin/sleep" and len(command) == 2, f"{where}: preStop {command}"
+        sleep = int(command[1])
+        assert 5 <= sleep <= 30, f"{where}: preStop sleep {sleep} s"
+        grace = pod["terminationGracePeriodSeconds"]
+        assert grace >= sleep + MIN_DRAIN_SECONDS, f"{where}: grace {grace} s leaves < {MIN_DRAIN_SECONDS} s to drain"
 
 
-def stage_env(path: Path) -> dict:
-    env = {}
-    for keyword, args in final_stage(path):
-        if keyword == "ENV":
-            for item in shlex.split(args):
-                key, _, value = item.partition("=")
-                env[key] = value
-    return env
+def _bytes(size: str) -> int:
+    """An nginx size: 64m, 512k, 1048576."""
+    units = {"k": 2**10, "m": 2**20, "g": 2**30}
+    size = size.strip().lower()
+    return int(size[:-1]) * units[size[-1]] if size[-1] in units else int(size)
 
 
-def _rewrite_command(tier: str) -> str:
-    for keyword, args in final_stage(REPO / tier / "Dockerfile"):
-        if keyword == "RUN" and "settings.json" in args and args.startswith("python -c"):
-            return args.split(" && ")[0]
-    raise AssertionError(f"{tier}/Dockerfile has no RUN python -c that rewrites settings.json")
+def test_ingress_body_limit_equals_the_servers():
+    from cassava.shared.server.rest import DEFAULT_MAX_REQUEST_BYTES
+
+    ingress = one(render("overlays/ingress-nginx"), "Ingress", "cassava")
+    annotation = ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"]
+    template = (REPO / "tests" / "nginx_seldon.conf.template").read_text()
+    (test_ingress,) = re.findall(r"^\s*client_max_body_size\s+(\S+);", template, re.MULTILINE)
+    assert _bytes(annotation) == _bytes(test_ingress) == DEFAULT_MAX_REQUEST_BYTES
+
+    # The ingress routes Seldon's path to the predictor's Service, which the operator names <sdep>-<predictor>.
+    sdep = one(render("overlays/ingress-nginx"), "SeldonDeployment", MODEL)
+    (rule,) = ingress["spec"]["rules"]
+    (path,) = rule["http"]["paths"]
+    assert path["path"].startswith(f"/seldon/{NAMESPACE}/{MODEL}")
+    assert path["backend"]["service"]["name"] == f"{MODEL}-{sdep['spec']['predictors'][0]['name']}"
 
 
-@pytest.mark.parametrize("tier", ["cloud", "edge"])
-def test_dockerfile_runs_as_non_root_mlserver(tier):
-    stage = final_stage(REPO / tier / "Dockerfile")
-    users = [args for keyword, args in stage if keyword == "USER"]
-    assert users, f"{tier}/Dockerfile sets no USER in its final stage"
-    user = users[-1].split(":")[0]
-    assert user not in ("root", "0") and user.isdigit(), "a numeric non-root USER (runAsNonRoot needs a number)"
-    keywords = [keyword for keyword, _ in stage]
-    assert "ENTRYPOINT" not in keywords, "no ENTRYPOINT: Kubernetes `args` must replace the CMD"
-    cmd = [args for keyword, args in stage if keyword == "CMD"][-1]
-    assert json.loads(cmd) == ["mlserver", "start", f"/opt/cassava/{tier}"]
-    env = stage_env(REPO / tier / "Dockerfile")
-    assert env["MLSERVER_HOST"] == "0.0.0.0"
-    assert any(keyword == "COPY" and args.split()[-1].rstrip("/") == f"/opt/cassava/{tier}" for keyword, args in stage)
-
-
-def test_cloud_dockerfile_installs_the_cloud_extra():
-    instructions = dockerfile_instructions(REPO / "cloud" / "Dockerfile")
-    installs = [args for keyword, args in instructions if keyword == "RUN" and "pip install" in args]
-    assert any('".[cloud]"' in args for args in installs)
-    assert stage_env(REPO / "cloud" / "Dockerfile")["TFHUB_CACHE_DIR"]
-
-
-def test_edge_dockerfile_installs_no_tensorflow():
-    text = (REPO / "edge" / "Dockerfile").read_text().lower()
-    assert "tensorflow" not in text and "[cloud]" not in text
-    installs = [args for keyword, args in dockerfile_instructions(REPO / "edge" / "Dockerfile")
-                if keyword == "RUN" and "pip install" in args]
-    assert any('".[edge]"' in args for args in installs)
-    arm = next(args for args in installs if '"$TARGETARCH" = "arm"' in args)
-    assert '"numpy<2"' in arm and "tflite-runtime" in arm
-
-
-@pytest.mark.parametrize("tier", ["cloud", "edge"])
-def test_dockerfile_ports_match_the_tier_settings(tier):
-    dockerfile = REPO / tier / "Dockerfile"
-    env = stage_env(dockerfile)
-    expected = {key: settings_port(tier, key) for key in ENV_PORT_KEYS}
-    assert {key: int(env[var]) for key, var in ENV_PORT_KEYS.items()} == expected
-    exposed = {int(p) for keyword, args in final_stage(dockerfile) if keyword == "EXPOSE" for p in args.split()}
-    assert exposed == set(expected.values())
-
-
-@pytest.mark.parametrize("tier", ["cloud", "edge"])
-def test_image_settings_let_the_environment_choose_host_and_ports(tier, tmp_path):
-    """Run the Dockerfile's settings rewrite on the tier's real JSON files, then load them like MLServer.
-
-    MLServer takes values from settings.json before MLSERVER_* variables, so the image must remove
-    host and ports from its copy for MLSERVER_HOST=0.0.0.0 and Seldon's port variables to count.
-    """
-    original = load_json(REPO / tier / "settings.json")
-    model_settings = load_json(REPO / tier / "model-settings.json")
-    folder = tmp_path / "opt" / "cassava" / tier
-    folder.mkdir(parents=True)
-    (folder / "settings.json").write_text(json.dumps(original))
-    (folder / "model-settings.json").write_text(json.dumps(model_settings))
-
-    command = _rewrite_command(tier).replace(f"/opt/cassava/{tier}", str(folder))
-    assert command.startswith("python ")
-    command = shlex.quote(sys.executable) + command[len("python"):]
-    proc = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-
-    rewritten = json.loads((folder / "settings.json").read_text())
-    dropped = {"host", "http_port", "grpc_port", "metrics_port"}
-    assert not dropped & set(rewritten)
-    assert rewritten == {k: v for k, v in original.items() if k not in dropped}, "other settings must be kept"
-    new_model = json.loads((folder / "model-settings.json").read_text())
-    assert new_model["name"] == model_settings["name"] == MODEL
-    assert new_model["implementation"] == model_settings["implementation"] == IMPLEMENTATIONS[tier]
-    if tier == "edge":
-        assert new_model["parameters"]["uri"] == MODEL_MOUNT
-    else:
-        assert new_model == model_settings
-
-    pytest.importorskip("mlserver")
-    probe = ("import asyncio, json, sys; from mlserver.cli.serve import load_settings; "
-             "s, _ = asyncio.run(load_settings(sys.argv[1])); "
-             "print(json.dumps([s.host, s.http_port, s.grpc_port, s.metrics_port]))")
-    env = {**os.environ, "MLSERVER_HOST": "0.0.0.0", "MLSERVER_HTTP_PORT": str(SELDON_HTTP_PORT),
-           "MLSERVER_GRPC_PORT": str(SELDON_GRPC_PORT), "MLSERVER_METRICS_PORT": "8082"}
-    proc = subprocess.run([sys.executable, "-c", probe, str(folder)], capture_output=True, text=True,
-                          timeout=120, env=env, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout.strip().splitlines()[-1]) == ["0.0.0.0", SELDON_HTTP_PORT, SELDON_GRPC_PORT, 8082]
-
-
-def test_dockerignore_keeps_exactly_the_build_inputs():
-    lines = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()]
-    lines = [line for line in lines if line and not line.startswith("#")]
-    assert lines[0] == "*", "allow-list: exclude everything first (.venv, .git, out/, .cache/ ...)"
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python < 3.11
-        tomllib = pytest.importorskip("tomli")
-    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
-    needed = {"pyproject.toml", *pyproject["tool"]["setuptools"]["package-dir"].values()}
-    readme = pyproject["project"].get("readme")
-    if isinstance(readme, str):
-        needed.add(readme)
-    for path in needed:
-        assert f"!{path}" in lines, f".dockerignore must re-include {path}"
-        if (REPO / path).is_dir():
-            assert f"!{path}/**" in lines, f".dockerignore must re-include {path}/**"
-
+def test_executor_grpc_limit_equals_the_servers():
+    settings = load_json(REPO / "cloud" / "settings.json")
+    doc = one(render("cloud"), "SeldonDeployment", MODEL)
+    assert int(doc["spec"]["annotations"]["seldon.io/grpc-max-message-size"]) == settings["grpc_max_message_length"]
 
 # ----------------------------------------------------------------------------- agreement with the MLServer settings
 
