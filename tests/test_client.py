@@ -104,6 +104,14 @@ def edge(edge_model, tmp_path_factory):
     server.stop()
 
 
+@pytest.fixture
+def doomed_edge(edge_model, tmp_path):
+    """An edge server of this test's own, for tests that kill it: no other test sees the loss."""
+    server = MLServer(tmp_path / "doomed-edge", _model_settings("edge", edge_model)).start(timeout=300)
+    yield server
+    server.stop()
+
+
 class Nginx:
     """A real nginx playing the Seldon ingress: /seldon/default/cassava/ in front of the given replicas."""
 
@@ -305,9 +313,8 @@ def test_remote_through_the_ingress_survives_a_replica_killed_mid_run(standin_mo
 # ---------------------------------------------------------------------------------------------- --auto
 
 
-def test_auto_falls_back_to_the_cloud_when_the_edge_dies_mid_run(edge, cloud, tmp_path):
-    if not edge.alive():
-        edge.start(timeout=300)
+def test_auto_falls_back_to_the_cloud_when_the_edge_dies_mid_run(doomed_edge, cloud, tmp_path):
+    edge = doomed_edge
     n, batch, concurrency = 160, 4, 2
     fired, watcher = _when(lambda: _infer_answers(edge) >= 4, edge.kill)
     result = run_cli("predict", "--auto", "--edge", edge.url, "--cloud", cloud.url, "--data", "standin", "-n", n,
@@ -327,13 +334,14 @@ def test_auto_falls_back_to_the_cloud_when_the_edge_dies_mid_run(edge, cloud, tm
     assert f"edge {tiers.count('edge')}" in result.stdout and f"cloud {tiers.count('cloud')}" in result.stdout
 
 
-def test_auto_goes_back_to_the_edge_when_it_returns(edge, cloud):
+def test_auto_goes_back_to_the_edge_when_it_returns(doomed_edge, cloud):
     from cassava.shared.client.backends import ServerBackend
     from cassava.shared.client.predict import classify_samples
     from cassava.shared.client.routing import FailoverRoute, Endpoint
     from cassava.shared.protocol.transport import HttpTransport
 
-    edge.kill()  # a Pi that lost power (no-op if the previous test already killed it)
+    edge = doomed_edge
+    edge.kill()  # a Pi that lost power
     said = []
     route = FailoverRoute(Endpoint("edge", HttpTransport(edge.url, retries=0, timeout=10)),
                           Endpoint("cloud", HttpTransport(cloud.url, timeout=60)), probe_interval_s=0.5, say=said.append)

@@ -71,7 +71,7 @@ class ServerBackend:
         if wire not in WIRE_FORMATS:
             raise CassavaError(f"--wire {wire}: choose from {', '.join(WIRE_FORMATS)}")
         if isinstance(route, str):  # a bare URL: one server over REST
-            route = SingleRoute(Endpoint("cloud", HttpTransport(route)))
+            route = SingleRoute(Endpoint(tier or "cloud", HttpTransport(route)))
         self.route, self.wire = route, wire
         self.info = route.metadata()
         extra = self.info.parameters
