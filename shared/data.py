@@ -90,6 +90,34 @@ def folder_samples(folder: Path, known_classes: Iterable[str] = CROPNET_CLASSES)
     return [s for s in interleaved if s is not None]
 
 
+def stratified_split(samples: Sequence[Sample], first: int, seed: int = 0):
+    """-> (`first` samples, the rest): disjoint, each class in the same proportion in both (largest remainders),
+    shuffled within each class by a fixed seed so that neither part is one source's files. Unlabelled images count
+    as one class. Both parts keep the classes interleaved, like `folder_samples`."""
+    import numpy as np
+
+    first = max(0, min(first, len(samples)))
+    by_class: dict = {}
+    for sample in samples:
+        by_class.setdefault(sample.label, []).append(sample)
+    shares = {label: first * len(group) / len(samples) for label, group in by_class.items()} if samples else {}
+    counts = {label: int(share) for label, share in shares.items()}
+    by_remainder = sorted(shares, key=lambda label: (-(shares[label] - counts[label]), str(label)))
+    for label in by_remainder[:first - sum(counts.values())]:
+        counts[label] += 1
+    rng = np.random.default_rng(seed)
+    heads, tails = [], []
+    for label, group in by_class.items():
+        order = [group[i] for i in rng.permutation(len(group))]
+        heads.append(order[:counts[label]])
+        tails.append(order[counts[label]:])
+
+    def interleave(groups):
+        return [s for s in itertools.chain.from_iterable(itertools.zip_longest(*groups)) if s is not None]
+
+    return interleave(heads), interleave(tails)
+
+
 def tfds_samples(spec: str):
     """`cassava/validation` -> samples from `tfds.load` (downloads into TFDS's data dir on first use)."""
     name, _, split = spec.partition("/")

@@ -1,0 +1,176 @@
+"""`cassava convert --target-agreement A`: the smallest TFLite copy whose held-out top-1 agreement reaches A.
+
+TFLite's own tool does the layer work: `tf.lite.experimental.QuantizationDebugger` calibrates once, runs the
+calibration images through a model instrumented with NumericVerify ops and gives each quantized layer's error
+against its float result. Layers are ranked by RMSE / quantization scale (how many quantization steps the error
+is; layers with no error of their own, such as pooling and reshapes, are left out), and the top k are kept in
+float32 with `QuantizationDebugOptions(denylisted_nodes=...)`. k grows 0, 1, 2, 4, 8, ... until the held-out
+agreement meets the target, then bisection finds a smaller k that still does (agreement is not monotonic in k, so
+this is the shortest prefix found, not a proof of the fewest layers).
+
+Dynamic-range quantization (int8 weights, float maths) is tried too. The copy chosen: the int8 variant that meets
+the target, unless dynamic-range also meets it and is more than 5% smaller; dynamic-range when no int8 variant
+meets it; float16 as the last resort. When nothing meets the target, the copy with the highest agreement is kept
+and the report says the target was missed. The debugger's models take and return float32 (QUANTIZE/DEQUANTIZE at
+the edges), so these copies have float32 I/O.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+
+NO_ERROR = 1e-3  # RMSE/scale below this: the layer adds no quantization error of its own (pooling, reshape)
+DEBUG_IMAGES = 64  # calibration images run through the instrumented model for the layer statistics
+DYNAMIC_PREFERRED_BELOW = 0.95  # dynamic-range is chosen over a passing int8 variant only when this much smaller
+
+
+def layer_ranking(debugger) -> List[Dict]:
+    """The debugger's per-layer statistics -> [{layer, rmse_over_scale, ...}], worst first, zero-error layers dropped."""
+    dump = io.StringIO()
+    debugger.layer_statistics_dump(dump)
+    dump.seek(0)
+    rows = []
+    for row in csv.DictReader(dump):
+        scale = float(row["scale"])
+        rmse = math.sqrt(max(0.0, float(row["mean_squared_error"])))
+        ratio = rmse / scale if scale > 0 else 0.0
+        if ratio >= NO_ERROR:
+            rows.append({"layer": row["tensor_name"], "rmse_over_scale": round(ratio, 4),
+                         "max_abs_error": float(row["max_abs_error"]), "scale": scale})
+    return sorted(rows, key=lambda r: -r["rmse_over_scale"])
+
+
+def layer_graph(model: bytes, interpreter_cls) -> Dict[str, List[str]]:
+    """{op output tensor name: names of the op outputs that feed it}, read from the calibrated model."""
+    interpreter = interpreter_cls(model_content=model)
+    names = {t["index"]: t["name"] for t in interpreter.get_tensor_details()}
+    ops = interpreter._get_ops_details()  # the only way the interpreter lists ops and their tensors
+    produced = {i for op in ops for i in op["outputs"]}
+    return {names[o]: [names[i] for i in op["inputs"] if i in produced] for op in ops for o in op["outputs"]}
+
+
+def with_free_followers(layers: List[str], graph: Dict[str, List[str]], ranked: set) -> List[str]:
+    """Add the layers with no quantization error of their own (pooling, reshape) whose inputs all come from float
+    layers: quantized between two float layers, they would only add a quantize/dequantize round trip."""
+    kept = list(layers)
+    grew = True
+    while grew:
+        grew = False
+        for name, inputs in graph.items():
+            if name not in kept and name not in ranked and inputs and all(i in kept for i in inputs):
+                kept.append(name)
+                grew = True
+    return kept
+
+
+def prefix_sizes(n: int):
+    """0, 1, 2, 4, ..., n: the doubling steps of the search."""
+    k = 0
+    while k < n:
+        yield k
+        k = 1 if k == 0 else min(2 * k, n)
+    yield n
+
+
+class Search:
+    """Holds the calibrated debugger and runs the trials; `evaluate(content) -> verification dict`."""
+
+    def __init__(self, tf, converter, calibration_x: np.ndarray, evaluate: Callable[[bytes], Dict], target: float,
+                 say: Callable[[str], None]):
+        self.tf, self.evaluate, self.target, self.say = tf, evaluate, target, say
+        debug_x = calibration_x[:DEBUG_IMAGES]
+        self.debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=converter, debug_dataset=lambda: ([debug_x[i:i + 1]] for i in range(len(debug_x))))
+        self.debugger.run()
+        self.ranking = layer_ranking(self.debugger)
+        self.graph = layer_graph(self.debugger.calibrated_model, tf.lite.Interpreter)
+        self.trials: List[Dict] = []
+        self._models: Dict[int, bytes] = {}
+
+    def int8_with_float_layers(self, k: int) -> Dict:
+        ranked = [r["layer"] for r in self.ranking[:k]]
+        layers = with_free_followers(ranked, self.graph, {r["layer"] for r in self.ranking})
+        try:
+            self.debugger.options = self.tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=layers or None)
+        except ValueError:  # every layer denylisted: no NumericVerify op left to instrument; the options still apply
+            pass
+        content = self.debugger.get_nondebug_quantized_model()
+        extra = f" (+{len(layers) - k} pooling/reshape between them)" if len(layers) > k else ""
+        return self._trial(f"int8, {k} layer(s) in float32{extra}", "int8", content, layers)
+
+    def other(self, mode: str, content: bytes) -> Dict:
+        return self._trial(mode, mode, content, [])
+
+    def _trial(self, name: str, quantize: str, content: bytes, layers: List[str]) -> Dict:
+        verification = self.evaluate(content)
+        trial = {"name": name, "quantize": quantize, "float_layers": layers, "bytes": len(content),
+                 "agree": verification["agree"], "images": verification["images"],
+                 "top1_agreement": verification["top1_agreement"], "meets_target": self._meets(verification)}
+        self.trials.append(trial)
+        self._models[len(self.trials) - 1] = content
+        self.say(f"  {name}: {trial['agree']}/{trial['images']} = {trial['top1_agreement']:.1%} agree, "
+                 f"{len(content) / 1024:.0f} KB" + ("  meets the target" if trial["meets_target"] else ""))
+        return trial
+
+    def _meets(self, verification: Dict) -> bool:
+        return verification["non_finite_outputs"] == 0 and verification["top1_agreement"] >= self.target
+
+    def content_of(self, trial: Dict) -> bytes:
+        return self._models[self.trials.index(trial)]
+
+    def fewest_float_layers(self) -> Optional[Dict]:
+        """Doubling then bisection over k; -> the passing int8 trial with the smallest k, or None."""
+        failed, passed = -1, None
+        for k in prefix_sizes(len(self.ranking)):
+            trial = self.int8_with_float_layers(k)
+            if trial["meets_target"]:
+                passed = (k, trial)
+                break
+            failed = k
+        if passed is None:
+            return None
+        k_pass, best = passed
+        while k_pass - failed > 1:
+            mid = (k_pass + failed) // 2
+            trial = self.int8_with_float_layers(mid)
+            if trial["meets_target"]:
+                k_pass, best = mid, trial
+            else:
+                failed = mid
+        return best
+
+
+def choose(int8: Optional[Dict], dynamic: Dict, float16: Optional[Dict], trials: List[Dict]) -> Dict:
+    """The copy to write: see the module docstring for the rule."""
+    if int8 is not None:
+        if dynamic["meets_target"] and dynamic["bytes"] < DYNAMIC_PREFERRED_BELOW * int8["bytes"]:
+            return dynamic
+        return int8
+    if dynamic["meets_target"]:
+        return dynamic
+    if float16 is not None and float16["meets_target"]:
+        return float16
+    return max(trials, key=lambda t: (t["agree"], -t["bytes"]))  # target missed: the best there was
+
+
+def time_per_image(paths: Dict[str, str], spec, x: np.ndarray, rounds: int = 3) -> Dict[str, float]:
+    """Median ms per image at 1 thread, the models timed in turn on the same images (load on a shared machine
+    then hits all of them alike)."""
+    from cassava.edge.interpreter import TFLiteClassifier
+
+    models = {name: TFLiteClassifier(path, spec, num_threads=1) for name, path in paths.items()}
+    times: Dict[str, list] = {name: [] for name in models}
+    for name, model in models.items():
+        model.predict(x[:1])  # warm-up: the first call allocates
+    for _ in range(rounds):
+        for image in x:
+            for name, model in models.items():
+                started = time.perf_counter()
+                model.predict(image[None])
+                times[name].append(time.perf_counter() - started)
+    return {name: round(float(np.median(t)) * 1000, 3) for name, t in times.items()}
