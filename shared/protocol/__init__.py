@@ -2,6 +2,8 @@
 
   images.py     ImagePayloadCodec: encoded photos (JPEG/PNG/WebP) <-> a V2 BYTES input, both directions
   v2.py         requests from images, model input from requests, responses both ways (MLServer's types)
+  binary.py     the binary data extension's framing (JSON header + raw tensors), for the server's REST layer and
+                the client's REST transport
   transport.py  one request to one server and back: REST (httpx) or gRPC (MLServer's stubs)
 
 This module itself imports nothing heavy: the CLI reads the wire-format names without loading MLServer.
@@ -17,5 +19,6 @@ WIRE_FORMATS = {
     "uint8": "preprocessed pixels as UINT8 `pixels`",
     "photo": "the original files in `photos`",
     "float32": "the tutorial's FP32 `payload` in the model's pixel range",
+    "binary": "preprocessed pixels as raw UINT8 `pixels` in the binary data extension (REST; as uint8 over gRPC)",
 }
 DEFAULT_WIRE = "compact"

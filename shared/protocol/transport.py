@@ -141,12 +141,18 @@ class HttpTransport:
             raise CassavaError(f"{url}: not a V2 model metadata answer ({_body_text(response)[:120]})") from None
 
     def infer(self, request: InferenceRequest) -> InferenceResponse:
+        from . import binary
+
         url = f"{self.base_url}/v2/models/{self.model_name}/infer"
-        body = request.model_dump_json(exclude_none=True).encode()
-        headers = {"content-type": "application/json"}
+        if binary.has_binary_inputs(request):  # the binary data extension: a JSON header, then raw tensors
+            body, header_length = binary.encode_request(request)
+            headers = {"content-type": "application/octet-stream", binary.HEADER_LENGTH: str(header_length)}
+        else:
+            body = request.model_dump_json(exclude_none=True).encode()
+            headers = {"content-type": "application/json"}
         response = self._retrying.call(lambda: self._send("POST", url, content=body, headers=headers))
         try:
-            return InferenceResponse.model_validate_json(response.content)
+            return binary.decode_response(response.content, response.headers.get(binary.HEADER_LENGTH))
         except ValueError:
             raise Unavailable(f"{url}: not a V2 inference answer ({_body_text(response)[:120]})") from None
 

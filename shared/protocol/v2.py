@@ -4,20 +4,25 @@ Requests carry images in one of three input kinds, all on `/v2/models/<name>/inf
   payload  FP32  [N, H, W, 3]  already preprocessed, in the model's pixel range (the tutorial's NumpyCodec client)
   pixels   UINT8 [N, H, W, 3]  resized by the shared preprocessing; the server applies the pixel range
   photos   BYTES [N]           encoded JPEG/PNG/WebP of any size, base64 over REST, raw bytes over gRPC
+Over REST any input may also come in the binary data extension (binary.py; the server's REST layer hands it on as
+base64, which decode_input reads).
 Responses: outputs[0] `class_ids` INT64 [N], `probabilities` FP32 [N, C], `labels` BYTES [N].
 """
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import List, Optional, Sequence
 
 import numpy as np
 from mlserver.codecs import NumpyCodec, StringCodec
 from mlserver.errors import MLServerError
-from mlserver.types import InferenceRequest, InferenceResponse, MetadataTensor, RequestInput, ResponseOutput
+from mlserver.types import InferenceRequest, InferenceResponse, MetadataTensor, Parameters, RequestInput, ResponseOutput
 
 from ..preprocess import pixel_range_ok, to_model_input
 from ..spec import ModelSpec
 from . import CLASS_IDS, FLOAT_INPUT, LABELS, PHOTOS_INPUT, PIXELS_INPUT, PROBABILITIES, WIRE_FORMATS
+from .binary import BASE64, numpy_dtype
 from .images import BadPayload, ImagePayloadCodec
 
 DEFAULT_MAX_REQUEST_IMAGES = 64
@@ -48,6 +53,13 @@ def build_request(wire: str, pixels: Optional[np.ndarray] = None, photos: Option
         request_input = photos_input([ImagePayloadCodec.compact(p) for p in pixels], grpc)
     elif wire == "photo":
         request_input = photos_input(photos, grpc)
+    elif wire == "binary" and grpc:  # gRPC is binary already: the uint8 tensor as it is
+        return build_request("uint8", pixels=pixels, request_id=request_id)
+    elif wire == "binary":  # raw bytes after a JSON header (protocol/binary.py); answers in binary too
+        pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
+        request_input = RequestInput(name=PIXELS_INPUT, datatype="UINT8", shape=list(pixels.shape), data=pixels,
+                                     parameters=Parameters(binary_data_size=pixels.nbytes))
+        return InferenceRequest(id=request_id, inputs=[request_input], parameters=Parameters(binary_data_output=True))
     else:
         raise ValueError(f"unknown wire format {wire!r} (choose from {', '.join(WIRE_FORMATS)})")
     return InferenceRequest(id=request_id, inputs=[request_input])
@@ -96,6 +108,26 @@ def _batch_size(request_input: RequestInput, max_images: int) -> int:
     return n
 
 
+def _is_base64_tensor(request_input: RequestInput) -> bool:
+    """A fixed-size tensor as one base64 string of its little-endian bytes: how the REST layer hands MLServer an
+    input that arrived in the binary data extension (protocol/binary.py)."""
+    content_type = request_input.parameters.content_type if request_input.parameters else None
+    data = request_input.data.root if hasattr(request_input.data, "root") else request_input.data
+    return content_type == BASE64 and isinstance(data, str)
+
+
+def _base64_tensor(request_input: RequestInput) -> np.ndarray:
+    data = request_input.data.root if hasattr(request_input.data, "root") else request_input.data
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("not valid base64") from None
+    dtype = numpy_dtype(request_input.datatype, f"input {request_input.name!r}")
+    if len(raw) % dtype.itemsize:
+        raise ValueError(f"{len(raw)} bytes is not a whole number of {request_input.datatype} values")
+    return np.frombuffer(raw, dtype=dtype)
+
+
 def _image_tensor(request_input: RequestInput, spec: ModelSpec, dtype) -> np.ndarray:
     """A rank-4 tensor input (its rank checked by the caller) -> an array of model-sized images."""
     expected = [spec.input_size, spec.input_size, 3]
@@ -103,7 +135,7 @@ def _image_tensor(request_input: RequestInput, spec: ModelSpec, dtype) -> np.nda
     if shape[1:] != expected:
         raise BadRequest(f"input {request_input.name!r}: expected images of {expected} (H, W, C), got {shape[1:]}")
     try:
-        array = NumpyCodec.decode_input(request_input)
+        array = _base64_tensor(request_input) if _is_base64_tensor(request_input) else NumpyCodec.decode_input(request_input)
     except (ValueError, TypeError, OverflowError) as exc:
         raise BadRequest(f"input {request_input.name!r}: data does not match shape {shape} and {request_input.datatype} ({exc})") from None
     if array.size != int(np.prod(shape)):

@@ -1,8 +1,15 @@
-"""The one ASGI layer in front of MLServer's REST app, for what MLServer 1.7 lacks: a request-body size limit (413).
+"""The one ASGI layer in front of MLServer's REST app, for what MLServer 1.7 lacks on REST:
 
-Without it, a client can make the server buffer and JSON-parse a body of any size. gRPC already has one
-(`grpc_max_message_length` in settings.json). The limit comes from `CASSAVA_MAX_REQUEST_BYTES` (default 64 MiB: a
-batch of 16 images as the tutorial's float JSON is about 46 MB).
+  body limit      a request body above `CASSAVA_MAX_REQUEST_BYTES` (default 64 MiB: a batch of 16 images as the
+                  tutorial's float JSON is about 46 MB) gets a 413, whether declared, streamed or gzip-compressed.
+                  gRPC has its own (`grpc_max_message_length` in settings.json).
+  binary data     the V2 binary tensor data extension on `/v2/models/{name}[/versions/{v}]/infer`, which
+                  `tritonclient.http` uses by default: a framed request (`Inference-Header-Content-Length`) becomes
+                  the JSON request MLServer routes as usual (protocol/binary.py: binary inputs as base64), and the
+                  JSON answer goes back framed when the request asks for binary outputs. Malformed framing: 400.
+
+Translating in front of MLServer, rather than answering binary requests here, keeps MLServer's routing, model
+lookup, error answers, metrics and tracing the same for every request.
 
 MLServer has no middleware hook, so `install()` wraps its REST app factory; the model repository named in
 settings.json imports this before MLServer builds its app. Because that is a patch of MLServer internals,
@@ -12,17 +19,34 @@ if any REST app in the process lacks the layer.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import zlib
+
+from ..protocol import binary
 
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
+
+log = logging.getLogger("cassava.rest")
 
 
 def max_request_bytes() -> int:
     return int(os.environ.get("CASSAVA_MAX_REQUEST_BYTES", DEFAULT_MAX_REQUEST_BYTES))
 
 
-class BodySizeLimit:
-    """ASGI middleware: 413 when Content-Length, or the bytes actually streamed, exceed `max_bytes`."""
+class _Refused(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def _is_infer(scope) -> bool:
+    path = scope.get("path", "")
+    return scope.get("method") == "POST" and path.endswith("/infer") and "/v2/models/" in path
+
+
+class RestLayer:
+    """ASGI middleware: the body limit on every request; the binary data extension on infer requests."""
 
     def __init__(self, app, max_bytes: int):
         self.app = app
@@ -31,44 +55,141 @@ class BodySizeLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None:
-            if declared.isdigit() and int(declared) > self.max_bytes:
-                return await self._refuse(send, int(declared))
-            return await self.app(scope, receive, send)  # the server reads no more than it declared
-        # Chunked upload with no declared size: read it here, up to the limit, then hand it on.
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        try:
+            if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+                raise self._too_large(int(declared))
+            if not _is_infer(scope):
+                if declared is not None:
+                    return await self.app(scope, receive, send)  # the server reads no more than it declared
+                body = await self._read(receive)  # chunked, no declared size: counted here, up to the limit
+                if body is None:
+                    return await self.app(scope, receive, send)  # client went away
+                return await self.app(scope, _replay(body, receive), send)
+            body = await self._read(receive)
+            if body is None:
+                return await self.app(scope, receive, send)
+            return await self._infer(scope, headers, body, receive, send)
+        except _Refused as refused:
+            await _answer(send, refused.status, {"error": str(refused)})
+
+    async def _infer(self, scope, headers, body: bytes, receive, send):
+        rewritten, request = False, None
+        encoding = headers.get(b"content-encoding", b"").strip().lower()
+        if encoding in (b"gzip", b"deflate"):
+            body, rewritten = self._decompress(body, encoding.decode()), True
+        header_length = headers.get(binary.HEADER_LENGTH.encode())
+        if header_length is not None:
+            try:
+                request = binary.request_to_json(body, header_length.decode("latin-1"))
+            except binary.BadFraming as exc:
+                raise _Refused(400, f"binary data extension: {exc}") from None
+            body, rewritten = json.dumps(request, separators=(",", ":")).encode(), True
+        elif b'"binary_data' in body:  # a JSON request may still ask for binary outputs
+            try:
+                request = json.loads(body)
+            except ValueError:
+                request = None  # MLServer answers malformed JSON itself
+        wanted = binary.binary_outputs_wanted(request) if isinstance(request, dict) else None
+        if rewritten or wanted:
+            drop = {b"content-length", b"content-encoding", binary.HEADER_LENGTH.encode()}
+            if wanted:
+                drop.add(b"accept-encoding")  # the JSON answer is reframed here, so it must come uncompressed
+            kept = [(k, v) for k, v in scope["headers"] if k.lower() not in drop]
+            if rewritten:
+                kept = [(k, v) for k, v in kept if k.lower() != b"content-type"]
+                kept.append((b"content-type", b"application/json"))
+            scope = {**scope, "headers": kept + [(b"content-length", str(len(body)).encode())]}
+        await self.app(scope, _replay(body, receive), _binary_answer(send, wanted) if wanted else send)
+
+    async def _read(self, receive):
+        """The whole body, counted against the limit as it arrives; None if the client went away."""
         chunks, size = [], 0
         while True:
             message = await receive()
             if message["type"] != "http.request":
-                return await self.app(scope, receive, send)  # client went away
-            size += len(message.get("body", b""))
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
             if size > self.max_bytes:
-                return await self._refuse(send, size)
-            chunks.append(message.get("body", b""))
+                raise self._too_large(size)
+            chunks.append(chunk)
             if not message.get("more_body"):
-                break
-        replayed = False
+                return b"".join(chunks)
 
-        async def replay():
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-            return await receive()
+    def _decompress(self, body: bytes, encoding: str) -> bytes:
+        """gzip or zlib ("deflate"), as tritonclient compresses; the limit applies to what it inflates to."""
+        inflater = zlib.decompressobj(wbits=32 + zlib.MAX_WBITS)  # either header, detected
+        try:
+            plain = inflater.decompress(body, self.max_bytes + 1)
+        except zlib.error as exc:
+            raise _Refused(400, f"Content-Encoding is {encoding} but the body does not inflate ({exc})") from None
+        if len(plain) > self.max_bytes or inflater.unconsumed_tail:
+            raise _Refused(413, f"request body inflates to more than the limit of {self.max_bytes:,} bytes")
+        if not inflater.eof:
+            raise _Refused(400, f"Content-Encoding is {encoding} but the compressed body is cut off")
+        return plain
 
-        await self.app(scope, replay, send)
+    def _too_large(self, size: int) -> _Refused:
+        return _Refused(413, f"request body of {size:,} bytes is above the limit of {self.max_bytes:,} bytes "
+                             f"(send fewer images per request, or a compact wire format)")
 
-    async def _refuse(self, send, size: int):
-        body = json.dumps({"error": f"request body of {size:,} bytes is above the limit of {self.max_bytes:,} bytes "
-                                    f"(send fewer images per request, or the compact wire format)"}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+
+def _replay(body: bytes, receive):
+    """A `receive` that gives the app `body` once, then whatever the client sends next (its disconnect)."""
+    replayed = False
+
+    async def replay():
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+def _binary_answer(send, wanted):
+    """A `send` that turns MLServer's JSON answer into the binary extension's framing (errors stay JSON)."""
+    start, chunks = None, []
+
+    async def send_framed(message):
+        nonlocal start
+        if message["type"] == "http.response.start":
+            start = message
+            return
+        if message["type"] != "http.response.body" or start is None:
+            return await send(message)
+        chunks.append(message.get("body", b""))
+        if message.get("more_body"):
+            return
+        body, headers = b"".join(chunks), [(k, v) for k, v in start.get("headers", [])]
+        if start["status"] == 200:
+            try:
+                body, header_length = binary.response_to_binary(json.loads(body), wanted)
+            except (ValueError, KeyError, TypeError) as exc:  # a bug here must not cost the client its answer
+                log.warning("could not frame the answer in binary, sending JSON: %s", exc)
+            else:
+                drop = {b"content-length", b"content-type", binary.HEADER_LENGTH.encode()}
+                headers = [(k, v) for k, v in headers if k.lower() not in drop] + [
+                    (b"content-type", b"application/octet-stream"), (b"content-length", str(len(body)).encode()),
+                    (binary.HEADER_LENGTH.encode(), str(header_length).encode())]
+        await send({**start, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    return send_framed
+
+
+async def _answer(send, status: int, content: dict):
+    body = json.dumps(content).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def install() -> None:
-    """Wrap MLServer's REST app factory once, so every app it builds has the body limit."""
+    """Wrap MLServer's REST app factory once, so every app it builds has the layer (outermost)."""
     import mlserver.rest.server as rest_server
 
     original = rest_server.create_app
@@ -77,7 +198,7 @@ def install() -> None:
 
     def create_app(*args, **kwargs):
         app = original(*args, **kwargs)
-        app.add_middleware(BodySizeLimit, max_bytes=max_request_bytes())
+        app.add_middleware(RestLayer, max_bytes=max_request_bytes())
         return app
 
     create_app._cassava_limited = True
@@ -96,7 +217,7 @@ def check_in_force() -> None:
     servers = [o for o in gc.get_objects() if isinstance(o, RESTServer)]
     for server in servers:
         middleware = getattr(getattr(server, "_app", None), "user_middleware", None)
-        if middleware is None or not any(m.cls is BodySizeLimit for m in middleware):
-            raise CassavaError("the REST request-body limit is not in force (MLServer's REST app was built without "
-                               "cassava's layer): refusing to serve. Is settings.json's model_repository_implementation "
-                               "cassava.shared.server.repository.CassavaModelRepository?")
+        if middleware is None or not any(m.cls is RestLayer for m in middleware):
+            raise CassavaError("cassava's REST layer (body limit, binary data extension) is not in force (MLServer's "
+                               "REST app was built without it): refusing to serve. Is settings.json's model_repository_"
+                               "implementation cassava.shared.server.repository.CassavaModelRepository?")
