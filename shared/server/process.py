@@ -13,6 +13,10 @@ import urllib.request
 from pathlib import Path
 from typing import Optional, Sequence
 
+# Set by a launcher (`cassava serve`) in MLServer's environment: the file where a runtime writes why its model did
+# not load, so the launcher can say it in one line without reading MLServer's log.
+LOAD_FAILURE_ENV = "CASSAVA_LOAD_FAILURE_FILE"
+
 # Never through an http_proxy from the environment: every server here is on this machine.
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 

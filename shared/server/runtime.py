@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 import grpc
 import numpy as np
@@ -29,6 +30,7 @@ from ..spec import is_model_path
 from ..protocol.v2 import (DEFAULT_MAX_REQUEST_IMAGES, BadRequest, build_response, check_request, decode_input,
                            metadata_inputs, metadata_outputs)
 from . import rest
+from .process import LOAD_FAILURE_ENV
 
 log = logging.getLogger("cassava.runtime")
 
@@ -85,6 +87,13 @@ class ImageClassifierRuntime(MLModel):
             raise CassavaError(f"model {self.name}: model file or folder not found: {uri}") from None
 
     async def load(self) -> bool:
+        try:
+            return await self._load()
+        except Exception as exc:
+            report_load_failure(exc)
+            raise
+
+    async def _load(self) -> bool:
         rest.check_in_force()  # fail closed: no model, no server, if MLServer's REST app lacks the body limit
         extra = self._extra()
         uri = await self._model_uri()
@@ -146,6 +155,20 @@ class ImageClassifierRuntime(MLModel):
         if getattr(self, "_batcher", None):
             self._batcher.close()
         return True
+
+
+def report_load_failure(exc: Exception) -> None:
+    """Tell the launcher why the model did not load (one line), when it asked through LOAD_FAILURE_ENV."""
+    path = os.environ.get(LOAD_FAILURE_ENV)
+    if not path:
+        return
+    text = str(exc).splitlines()[0][:500] if str(exc) else ""
+    message = text if isinstance(exc, CassavaError) else f"{type(exc).__name__}: {text}"
+    try:
+        with open(path, "w") as handle:
+            handle.write(message + "\n")
+    except OSError:
+        pass  # the launcher then says MLServer stopped; MLServer's own log has the error
 
 
 __all__ = ["ImageClassifierRuntime", "BadRequest"]

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
-from collections import deque
 from pathlib import Path
 
 from ..errors import CassavaError
@@ -24,7 +22,7 @@ from ..native import native_stderr_silenced
 from ..labels import parse_class_list
 from ..spec import CROPNET_HANDLE, is_model_path, model_kind
 from ..tiers import TIERS
-from .process import mlserver_command, stop, wait_ready
+from .process import LOAD_FAILURE_ENV, mlserver_command, stop, wait_ready
 
 MODEL_NAME = "cassava"
 STANDIN_VERSION_NAME = "standin-v1"
@@ -183,7 +181,11 @@ def serve(run_dir, tier: str, spec=None, debug: bool = False) -> int:
     shown = f"[{host}]" if ":" in host else host
     ready_url = f"http://{_local(host)}:{settings['http_port']}/v2/models/{name}/ready"
 
-    process = subprocess.Popen(mlserver_command(run_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+    failure_file = run_dir / "load-failure.txt"
+    failure_file.unlink(missing_ok=True)
+    environment = {**os.environ, LOAD_FAILURE_ENV: str(failure_file)}  # where the runtime says why a load failed
+    process = subprocess.Popen(mlserver_command(run_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               stdin=subprocess.DEVNULL, env=environment,
                                preexec_fn=_die_with_parent if sys.platform == "linux" else None)
     log = _LogRelay(process, echo=debug)
     in_main_thread = threading.current_thread() is threading.main_thread()  # only there can signals be handled
@@ -193,7 +195,8 @@ def serve(run_dir, tier: str, spec=None, debug: bool = False) -> int:
         if not wait_ready(ready_url, process):  # no time limit: a TF Hub model may be slow
             process.wait()
             log.join()
-            reason = log.failure() or f"MLServer exited with code {process.returncode} before the model was ready"
+            reason = (failure_file.read_text().strip() if failure_file.is_file() else
+                      f"MLServer exited with code {process.returncode} before the model was ready")
             raise CassavaError(f"model failed to load in MLServer: {reason}" + ("" if debug else " (--debug shows its log)"))
         log.start_echo()
         print(f"cassava ({tier}) on http://{shown}:{settings['http_port']}/v2/models/{name}/infer, "
@@ -227,8 +230,6 @@ def _die_with_parent():
         pass
 
 
-_ERROR_LINE = re.compile(r"^(?:[\w.]+\.)?(\w*(?:Error|Exception)): (.+)$")
-
 
 class _LogRelay:
     """Reads MLServer's output: kept back while it starts (a failed load becomes one line), echoed to stderr after."""
@@ -236,7 +237,6 @@ class _LogRelay:
     def __init__(self, process: subprocess.Popen, echo: bool):
         self._process = process
         self._echo = echo
-        self._lines = deque(maxlen=400)
         self._thread = threading.Thread(target=self._relay, daemon=True)
         self._thread.start()
 
@@ -245,8 +245,7 @@ class _LogRelay:
         for raw in iter(self._process.stdout.readline, b""):
             line = raw.decode(errors="replace")
             if not self._echo:
-                self._lines.append(line.rstrip("\n"))
-                continue
+                continue  # kept back while MLServer starts: a failed load is reported in one line instead
             try:
                 sys.stderr.write(line)
                 sys.stderr.flush()
@@ -258,10 +257,3 @@ class _LogRelay:
 
     def join(self):
         self._thread.join(10)
-
-    def failure(self):
-        """The error MLServer logged for the model, e.g. the CassavaError raised by the runtime's load()."""
-        errors = [m for m in map(_ERROR_LINE.match, self._lines) if m]
-        cassava = [m for m in errors if m.group(1) == "CassavaError"]
-        chosen = (cassava or errors or [None])[-1]
-        return chosen.group(2).strip() if chosen else None
