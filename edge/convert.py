@@ -147,7 +147,9 @@ def plan_data(args, spec):
     if args.verify_samples and args.verify_samples < len(held_out):
         held_out = stratified_split(held_out, args.verify_samples)[0]
     return calibration, held_out, {"calibration": describe(calibration_data) if calibration else None,
-                                   "verification": source, "split": split, "calibration_images_excluded": overlap}
+                                   "verification": source, "split": split, "calibration_images_excluded": overlap,
+                                   "calibration_files": [s.name for s in calibration or []],
+                                   "verification_files": [s.name for s in held_out]}
 
 
 def pixels_of(samples, size: int, what: str, progress: bool):
@@ -490,8 +492,9 @@ def search_target(args, tf, path: Path, spec, calibration_x, held: Held, stderr)
                                   calibration_x, evaluate, args.target_agreement, say)
         int8 = search.fewest_float_layers()
         plain = search.trials[0]
-        dynamic = search.other("dynamic", converted("dynamic"))
-        float16 = None if int8 or dynamic["meets_target"] else search.other("float16", converted("float16"))
+        plain_met = int8 is not None and not int8["float_layers"]
+        dynamic = None if plain_met else search.other("dynamic", converted("dynamic"))
+        float16 = None if int8 or plain_met or dynamic["meets_target"] else search.other("float16", converted("float16"))
         chosen = selective.choose(int8, dynamic, float16, search.trials)
         content = search.content_of(chosen)
         float32 = converted("none")

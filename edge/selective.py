@@ -8,9 +8,9 @@ float32 with `QuantizationDebugOptions(denylisted_nodes=...)`. k grows 0, 1, 2, 
 agreement meets the target, then bisection finds a smaller k that still does (agreement is not monotonic in k, so
 this is the shortest prefix found, not a proof of the fewest layers).
 
-Dynamic-range quantization (int8 weights, float maths) is tried too. The copy chosen: the int8 variant that meets
-the target, unless dynamic-range also meets it and is more than 5% smaller; dynamic-range when no int8 variant
-meets it; float16 as the last resort. When nothing meets the target, the copy with the highest agreement is kept
+The copy chosen: plain int8 when it meets the target. Otherwise dynamic-range quantization (int8 weights, float
+maths) is tried too, and the smaller of it and the int8 variant with float layers that meets the target wins;
+float16 is the last resort. When nothing meets the target, the copy with the highest agreement is kept
 and the report says the target was missed. The debugger's models take and return float32 (QUANTIZE/DEQUANTIZE at
 the edges), so these copies have float32 I/O.
 """
@@ -26,7 +26,6 @@ import numpy as np
 
 NO_ERROR = 1e-3  # RMSE/scale below this: the layer adds no quantization error of its own (pooling, reshape)
 DEBUG_IMAGES = 64  # calibration images run through the instrumented model for the layer statistics
-DYNAMIC_PREFERRED_BELOW = 0.95  # dynamic-range is chosen over a passing int8 variant only when this much smaller
 
 
 def layer_ranking(debugger) -> List[Dict]:
@@ -145,13 +144,12 @@ class Search:
         return best
 
 
-def choose(int8: Optional[Dict], dynamic: Dict, float16: Optional[Dict], trials: List[Dict]) -> Dict:
+def choose(int8: Optional[Dict], dynamic: Optional[Dict], float16: Optional[Dict], trials: List[Dict]) -> Dict:
     """The copy to write: see the module docstring for the rule."""
-    if int8 is not None:
-        if dynamic["meets_target"] and dynamic["bytes"] < DYNAMIC_PREFERRED_BELOW * int8["bytes"]:
-            return dynamic
+    if int8 is not None and (not int8["float_layers"] or dynamic is None or not dynamic["meets_target"]
+                             or int8["bytes"] <= dynamic["bytes"]):
         return int8
-    if dynamic["meets_target"]:
+    if dynamic is not None and dynamic["meets_target"]:
         return dynamic
     if float16 is not None and float16["meets_target"]:
         return float16

@@ -161,6 +161,49 @@ def test_real_model_int8_is_small_and_agrees_on_the_27_photos(conversions, real_
     assert int(np.sum(got.argmax(1) == expected.argmax(1))) >= 26
 
 
+@pytest.mark.real
+def test_the_users_only_folder_is_split_stratified_and_disjoint(conversions, real_model, real_photos):
+    """One folder, no --verify-data: calibrate on half of it and verify on the other half, never refuse."""
+    from cassava.shared.data import load_samples
+    from cassava.shared.evaluate.metrics import wilson_interval
+
+    args = ("--model", real_model, "--input-scale", "255", "--classes", ",".join(REAL_CLASSES),
+            "--calibration", real_photos)
+    out = converted(conversions, "real-one-folder", *args)
+    result = convert_once(conversions, "real-one-folder")
+    report = report_of(out)
+    data, verification = report["data"], report["verification"]
+    calibrated, verified = set(data["calibration_files"]), set(data["verification_files"])
+    assert len(calibrated) == 13 and len(verified) == 14 and not calibrated & verified  # 27 photos: half and the rest
+    assert calibrated | verified == {s.name for s in load_samples(str(real_photos))}
+    labels = {s.name: s.label for s in load_samples(str(real_photos))}
+    for cls in REAL_CLASSES:  # each class split in proportion: the halves differ by at most one image per class
+        in_calibration = sum(labels[n] == cls for n in calibrated)
+        in_verification = sum(labels[n] == cls for n in verified)
+        assert abs(in_calibration - in_verification) <= 1, cls
+    assert report["calibration"]["images"] == 13 and verification["images"] == 14
+    assert "stratified by class" in data["split"] and "stratified by class" in result.stdout
+    assert verification["agreement_ci95"] == pytest.approx(list(wilson_interval(verification["agree"], 14)))
+    low, high = verification["agreement_ci95"]
+    assert f"(95% CI {low:.1%}-{high:.1%})" in result.stdout
+
+
+def test_stratified_split_keeps_class_shares_and_is_deterministic():
+    from cassava.shared.data import Sample, stratified_split
+
+    samples = [Sample(f"{cls}-{i}", cls, None) for cls, n in (("cbb", 50), ("cmd", 30), ("healthy", 20)) for i in range(n)]
+    first, rest = stratified_split(samples, 30)
+    assert len(first) == 30 and len(rest) == 70
+    assert {s.name for s in first}.isdisjoint(s.name for s in rest)
+    assert [sum(s.label == c for s in first) for c in ("cbb", "cmd", "healthy")] == [15, 9, 6]
+    assert [s.name for s in stratified_split(samples, 30)[0]] == [s.name for s in first]  # same split every run
+    # shuffled within a class: not simply the first files (which may all come from one source)
+    assert {s.name for s in first if s.label == "cbb"} != {f"cbb-{i}" for i in range(15)}
+    assert [s.label for s in first[:3]] == ["cbb", "cmd", "healthy"]  # classes interleaved
+    uneven, _ = stratified_split(samples[:7] + samples[50:52], 3)  # 7 cbb, 2 cmd: largest remainders
+    assert sorted(s.label for s in uneven) == ["cbb", "cbb", "cmd"]
+
+
 # ---------------------------------------------------------------------------------------------- refusals
 
 MAKE_MODELS = textwrap.dedent('''
@@ -234,9 +277,10 @@ def test_int8_calibrated_on_black_images_is_refused(conversions, standin_model, 
     result = run_cli("convert", "--model", "standin", "--calibration", black, "--verify-data", "standin",
                      "--out", out, "--quiet", timeout=900)
     assert result.returncode == 2
-    assert "below --min-agreement 95%" in last_line(result)
+    assert "wholly below --min-agreement 95%" in last_line(result)
     report = report_of(out)
     assert report["accepted"] is False and report["verification"]["top1_agreement"] < 0.5
+    assert report["verification"]["agreement_ci95"][1] < 0.95  # refused on the interval, not on the point estimate
     assert not (out / "model.tflite").exists()
 
 
@@ -285,6 +329,9 @@ def test_tensorflow_only_op_needs_select_tf_ops(conversions, odd_models, standin
 
 
 @pytest.mark.parametrize("args, message", [
+    (("--model", "standin", "--quantize", "dynamic", "--target-agreement", "0.99"), "--target-agreement applies to --quantize int8"),
+    (("--model", "standin", "--target-agreement", "0.99", "--io", "uint8"), "--target-agreement writes float32 I/O"),
+    (("--model", "standin", "--target-agreement", "99"), "--target-agreement is a fraction"),
     (("--model", "standin", "--quantize", "dynamic", "--io", "uint8"), "--io uint8 needs --quantize int8"),
     (("--model", "standin", "--quantize", "none", "--allow-float-fallback"), "--allow-float-fallback applies to --quantize int8"),
     (("--model", "standin", "--min-agreement", "95"), "--min-agreement is a fraction"),
