@@ -9,6 +9,7 @@ import json
 import struct
 import threading
 import zlib
+from typing import NamedTuple, Optional
 
 import grpc
 import httpx
@@ -58,6 +59,20 @@ def _tensor(name, datatype, shape, data):
 
 ZEROS = [0] * (224 * 224 * 3)
 
+
+class Framed(NamedTuple):
+    """A body in the binary data extension: JSON header, then `tail`; `header_length` as sent (default: true)."""
+    header: dict
+    tail: bytes = b""
+    header_length: Optional[str] = None
+
+
+def _binary_input(name, datatype, shape, size):
+    return {"inputs": [{"name": name, "datatype": datatype, "shape": shape, "parameters": {"binary_data_size": size}}]}
+
+
+PIXELS_1 = _binary_input("pixels", "UINT8", [1, 224, 224, 3], 224 * 224 * 3)
+
 # (case, JSON body or raw bytes, model name, expected status, words the message must contain)
 BAD_REQUESTS = [
     ("wrong rank", {"inputs": [_tensor("pixels", "UINT8", [224, 224, 3], ZEROS)]}, "cassava", 400, "rank 4"),
@@ -78,6 +93,24 @@ BAD_REQUESTS = [
     ("unknown input name", {"inputs": [_tensor("image", "UINT8", [1, 224, 224, 3], ZEROS)]}, "cassava", 400, "unknown input"),
     ("unknown model name", {"inputs": [_tensor("pixels", "UINT8", [1, 224, 224, 3], ZEROS)]}, "rice", 404, "rice"),
     ("malformed JSON", b'{"inputs": [{"name": "pixels", "datatype": ', "cassava", 422, "JSON decode error"),
+    # the binary data extension (tritonclient.http's default): framing faults are 400s from the REST layer
+    ("binary: header length beyond the body", Framed(PIXELS_1, bytes(224 * 224 * 3), "9999999"), "cassava", 400,
+     "but the body has only"),
+    ("binary: non-numeric header length", Framed(PIXELS_1, bytes(224 * 224 * 3), "0x1f"), "cassava", 400,
+     "must be a non-negative integer"),
+    ("binary: truncated tensor", Framed(PIXELS_1, bytes(1000)), "cassava", 400, "truncated tensor"),
+    ("binary: sizes that do not add up", Framed(PIXELS_1, bytes(224 * 224 * 3 + 7)), "cassava", 400,
+     "7 bytes beyond the JSON header"),
+    ("binary: size not matching the shape", Framed(_binary_input("pixels", "UINT8", [1, 224, 224, 3], 1000),
+                                                   bytes(1000)), "cassava", 400, "takes 150,528"),
+    ("binary: truncated BYTES element", Framed(_binary_input("photos", "BYTES", [1], 104),
+                                               struct.pack("<I", 5000) + bytes(100)),
+     "cassava", 400, "declares 5,000 bytes but only 100 remain"),
+    ("binary: non-image bytes", Framed(_binary_input("photos", "BYTES", [1], 31),
+                                       struct.pack("<I", 27) + b"%PDF-1.4 this is a document"),
+     "cassava", 400, "not an image"),
+    ("binary: body above the limit", Framed(_binary_input("pixels", "UINT8", [27, 224, 224, 3], 27 * 224 * 224 * 3),
+                                            bytes(27 * 224 * 224 * 3)), "cassava", 413, "request body of 4,06"),
 ]
 
 
@@ -108,9 +141,14 @@ def images(standin_data):
 
 
 def _post(server, body, model="cassava") -> httpx.Response:
-    content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return httpx.post(f"{server.url}/v2/models/{model}/infer", content=content,
-                      headers={"content-type": "application/json"}, timeout=60)
+    headers = {"content-type": "application/json"}
+    if isinstance(body, Framed):
+        head = json.dumps(body.header).encode()
+        content = head + body.tail
+        headers = {"Inference-Header-Content-Length": body.header_length or str(len(head))}
+    else:
+        content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return httpx.post(f"{server.url}/v2/models/{model}/infer", content=content, headers=headers, timeout=60)
 
 
 def _infer(server, client: httpx.Client, request):
