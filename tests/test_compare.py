@@ -95,18 +95,25 @@ def test_report_numbers_equal_hand_computed(tmp_path):
     assert [r["recall"] for r in edge["per_class"]][:3] == pytest.approx([0.75, 2 / 3, 1.0])
     assert edge["macro_f1"] == pytest.approx((6 / 7 + 2 / 3 + 6 / 7) / 3)
     assert edge["confusion"] == [[3, 1, 0, 0], [0, 2, 1, 0], [0, 0, 3, 0], [0, 0, 0, 0]]
-    assert edge["agreement"] == {"same": 9, "n": 10, "fraction": 0.9}
+    assert {k: edge["agreement"][k] for k in ("same", "n", "fraction")} == {"same": 9, "n": 10, "fraction": 0.9}
+    assert edge["agreement"]["ci95"] == pytest.approx([0.5958, 0.9821], abs=1e-4)  # Wilson 9/10
     assert edge["prob_delta"]["mean_abs"] == pytest.approx(0.07, abs=1e-6)
 
     md = (tmp_path / "report.md").read_text()
     assert "7/10 = 70.0% (39.7%–89.2%)" in md
     assert "8/10 = 80.0% (49.0%–94.3%)" in md
-    assert "9/10 = 90.0%" in md  # agreement
+    # agreement and its interval first: a section of its own before the summary, and the table's first number
+    assert md.index("## Agreement with cloud") < md.index("## Summary")
+    assert "- **edge int8**: 9/10 = 90.0% (59.6%–98.2%); accuracy 8/10 vs 7/10 (+1 images)" in md
+    summary_row = next(line for line in md.splitlines() if line.startswith("| **edge int8**"))
+    assert summary_row.startswith("| **edge int8** | 9/10 = 90.0% (59.6%–98.2%) |")
     assert "N=10 — far too small to quote accuracy with confidence" in md
     assert "| cmd (Mosaic Disease) | 0 | — / — | — / — |" in md  # undefined precision/recall shown as —
     for name in ("confusion", "tradeoff"):
         assert (tmp_path / f"{name}.png").stat().st_size > 5_000, paths
     assert any("7/10 = 70.0%" in line for line in summary_lines(report))
+    edge_line = next(line for line in summary_lines(report) if "edge int8" in line)
+    assert edge_line.index("agreement 9/10 = 90.0% (95% CI 59.6%-98.2%)") < edge_line.index("accuracy")
 
 
 # ------------------------------------------------------------------------------------ the whole command

@@ -232,7 +232,9 @@ def conversion_notes(entries: List["Entry"], eval_data: str) -> tuple:
         if verification:
             text += (f"; the converter checked it on {verification.get('images')} other images from "
                      f"{(report.get('data') or {}).get('verification')} ({verification.get('agree')}/"
-                     f"{verification.get('images')} top-1 agreement with the source)")
+                     f"{verification.get('images')} top-1 agreement with the source"
+                     + (" (95% CI {:.1%}-{:.1%})".format(*verification["agreement_ci95"])
+                        if verification.get("agreement_ci95") else "") + ")")
         parts.append(text)
         if calibration.get("data") == eval_data:
             warnings.append(
@@ -389,7 +391,7 @@ def _model_input(entry: Entry, pixels: np.ndarray) -> np.ndarray:
 def score(y_true, probs_by_name: Dict[str, np.ndarray], reference: str, class_names) -> List[Dict]:
     """The numbers for each model (in the dict's order): accuracy, CI, F1, per-class, confusion, and agreement
     and |Δp| against the reference model's probabilities. Pure: no models, no files."""
-    from .metrics import agreement, classification_summary, probability_delta
+    from .metrics import agreement, classification_summary, probability_delta, wilson_interval
 
     reference_probs = np.asarray(probs_by_name[reference])
     rows = []
@@ -399,7 +401,8 @@ def score(y_true, probs_by_name: Dict[str, np.ndarray], reference: str, class_na
                "agreement": None, "prob_delta": None}
         if name != reference:
             same, fraction = agreement(reference_probs.argmax(axis=1), probs.argmax(axis=1))
-            row["agreement"] = {"same": same, "n": len(probs), "fraction": fraction}
+            row["agreement"] = {"same": same, "n": len(probs), "fraction": fraction,
+                                "ci95": list(wilson_interval(same, len(probs)))}
             row["prob_delta"] = probability_delta(probs, reference_probs)
         rows.append(row)
     return rows
@@ -508,6 +511,14 @@ def compare(args) -> Dict:
     }
 
 
+def agreement_text(agree: Dict) -> str:
+    """'288/300 = 96.0% (95% CI 93.1%-97.7%)': top-1 agreement with the reference, the edge's question."""
+    text = f"{agree['same']}/{agree['n']} = {agree['fraction']:.1%}"
+    if agree.get("ci95"):
+        text += " (95% CI {:.1%}-{:.1%})".format(*agree["ci95"])
+    return text
+
+
 def summary_lines(result: Dict) -> List[str]:
     from .report import _size
 
@@ -520,9 +531,10 @@ def summary_lines(result: Dict) -> List[str]:
         agree = m.get("agreement")
         lat = ((m.get("latency_ms") or {}).get("threads_1") or {}).get("p50")
         lines.append(
-            f"  {m['name']:<{width}}  accuracy {m['correct']}/{m['n']} = {m['accuracy']:.1%} (95% CI {low:.1%}-{high:.1%})"
+            f"  {m['name']:<{width}}  "
+            + (f"agreement {agreement_text(agree)}" if agree else "(reference)")
+            + f"  accuracy {m['correct']}/{m['n']} = {m['accuracy']:.1%} (95% CI {low:.1%}-{high:.1%})"
             f"  macro-F1 {m['macro_f1']:.3f}"
-            + (f"  agreement {agree['same']}/{agree['n']}" if agree else "  (reference)")
             + (f"  {_size(m['size_bytes'])}" if m.get("size_bytes") else "")
             + (f"  p50 {lat:.1f} ms @1 thread" if lat is not None else ""))
     return lines

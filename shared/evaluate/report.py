@@ -104,6 +104,30 @@ def _table(header, rows) -> str:
 # ---------------------------------------------------------------------------------------------- markdown
 
 
+def _agreement(agree: Dict) -> str:
+    text = f"{agree['same']}/{agree['n']} = {_pct(agree['fraction'])}"
+    if agree.get("ci95"):
+        text += f" ({_pct(agree['ci95'][0])}–{_pct(agree['ci95'][1])})"
+    return text
+
+
+def agreement_section(result: Dict) -> list:
+    """First on the page: does each edge copy answer like the cloud model? Agreement needs no labels, so it is
+    the edge's question even where the labels are noisy; accuracy differences follow."""
+    reference = next(m for m in result["models"] if m["name"] == result["reference"])
+    copies = [m for m in result["models"] if m.get("agreement")]
+    if not copies:
+        return []
+    lines = [f"## Agreement with {reference['name']}", "",
+             f"Top-1 agreement = images where the copy's class equals {reference['name']}'s, with its 95% Wilson "
+             f"interval (N={result['n']}).", ""]
+    for m in copies:
+        change = m["correct"] - reference["correct"]
+        lines.append(f"- **{m['name']}**: {_agreement(m['agreement'])}; accuracy {m['correct']}/{m['n']} vs "
+                     f"{reference['correct']}/{reference['n']} ({change:+d} images)")
+    return lines + [""]
+
+
 def render_markdown(result: Dict, figures: Dict[str, str]) -> str:
     n = result["n"]
     models = result["models"]
@@ -128,12 +152,13 @@ def render_markdown(result: Dict, figures: Dict[str, str]) -> str:
     for note in result.get("notes", []):
         lines += [f"> {note}", ""]
 
+    lines += agreement_section(result)
     lines += ["## Summary", "",
               f"Accuracy with its 95% Wilson interval; agreement = images where the model's top-1 class equals the "
               f"reference's (`{reference}`); mean |Δp| = mean absolute difference of the probabilities from the "
               f"reference's, over all images and classes. Latency is per image (batch of 1) in ms.", ""]
-    header = ["model", "format", "size", "accuracy (95% CI)", "macro-F1", f"agreement with {reference}", "mean |Δp|",
-              "p50 / p95 ms, 1 thread", f"p50 / p95 ms, {result['threads_all']} threads", "images/s"]
+    header = ["model", f"agreement with {reference} (95% CI)", "mean |Δp|", "format", "size", "accuracy (95% CI)",
+              "macro-F1", "p50 / p95 ms, 1 thread", f"p50 / p95 ms, {result['threads_all']} threads", "images/s"]
     rows = []
     for m in models:
         low, high = m["accuracy_ci95"]
@@ -141,11 +166,10 @@ def render_markdown(result: Dict, figures: Dict[str, str]) -> str:
         delta = m.get("prob_delta") or {}
         lat = m.get("latency_ms") or {}
         rows.append([
-            f"**{m['name']}**", m["format"], _size(m.get("size_bytes")),
+            f"**{m['name']}**", _agreement(agree) if agree else "— (reference)", _num(delta.get("mean_abs"), ".4f"),
+            m["format"], _size(m.get("size_bytes")),
             f"{m['correct']}/{m['n']} = {_pct(m['accuracy'])} ({_pct(low)}–{_pct(high)})",
             _num(m["macro_f1"]),
-            f"{agree['same']}/{agree['n']} = {_pct(agree['fraction'])}" if agree else "—",
-            _num(delta.get("mean_abs"), ".4f"),
             f"{_ms(lat.get('threads_1'), 'p50')} / {_ms(lat.get('threads_1'), 'p95')}",
             f"{_ms(lat.get('threads_all'), 'p50')} / {_ms(lat.get('threads_all'), 'p95')}",
             _num(m.get("images_per_s"), ".1f"),
