@@ -1,4 +1,7 @@
-"""Prediction grid: each image with its predicted and true label, green when right, red when wrong."""
+"""Prediction grid: each image with its predicted and true label, green when right, red when wrong.
+
+A readable grid holds 16 images, however many were classified: the mistakes come first (they are what a person
+checks), then the rest in order, and the title says how many images the grid leaves out."""
 from __future__ import annotations
 
 import math
@@ -9,6 +12,25 @@ import numpy as np
 from ..labels import display_name
 
 
+def grid_selection(images: Sequence[np.ndarray], records: Sequence[dict], max_images: int = 16):
+    """-> ((image, record) pairs to show, mistakes first; caption: right/labelled over ALL classified images and
+    how many the grid leaves out)."""
+    classified = [(im, r) for im, r in zip(images, records) if im is not None and r.get("prediction")]
+
+    def wrong(record):
+        return record.get("label") is not None and record["label"] != record["prediction"]
+
+    mistakes = [p for p in classified if wrong(p[1])]
+    pairs = (mistakes + [p for p in classified if not wrong(p[1])])[:max_images]
+    labelled = [r for _, r in classified if r.get("label") is not None]
+    right = sum(r["label"] == r["prediction"] for r in labelled)
+    caption = f"{right}/{len(labelled)} right" if labelled else "no labels"
+    if len(classified) > len(pairs):
+        caption += (f"; showing {len(pairs)} of {len(classified)} images ({'mistakes first' if mistakes else 'the first'}), "
+                    f"{len(classified) - len(pairs)} not shown")
+    return pairs, caption
+
+
 def plot_predictions(images: Sequence[np.ndarray], records: Sequence[dict], title: str, out_path,
                      max_images: int = 16, columns: int = 4) -> Optional[str]:
     """Save a grid of up to `max_images` (image, record) pairs as PNG; returns the path, or None if empty."""
@@ -17,7 +39,7 @@ def plot_predictions(images: Sequence[np.ndarray], records: Sequence[dict], titl
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pairs = [(im, r) for im, r in zip(images, records) if im is not None and r.get("prediction")][:max_images]
+    pairs, summary = grid_selection(images, records, max_images)
     if not pairs:
         return None
     columns = min(columns, len(pairs))
@@ -25,7 +47,6 @@ def plot_predictions(images: Sequence[np.ndarray], records: Sequence[dict], titl
     fig, axes = plt.subplots(rows, columns, figsize=(3.0 * columns, 3.3 * rows + 0.8), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    right = labelled = 0
     for ax, (image, record) in zip(axes.flat, pairs):
         ax.imshow(image)
         truth = record.get("label")
@@ -34,12 +55,9 @@ def plot_predictions(images: Sequence[np.ndarray], records: Sequence[dict], titl
         if truth is None:
             color = "black"
         else:
-            labelled += 1
-            right += truth == predicted
             color = "green" if truth == predicted else "red"
             text += f"\ntrue: {display_name(truth)}"
         ax.set_title(text, color=color, fontsize=9)
-    summary = f"{right}/{labelled} right" if labelled else "no labels"
     fig.suptitle(f"{title}\n{summary}", fontsize=11)
     fig.tight_layout()
     fig.savefig(out_path, dpi=80)
