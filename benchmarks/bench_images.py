@@ -1,0 +1,178 @@
+"""Container images and the edge footprint: image sizes, the edge server's whole process tree RSS (native, real
+model), and the edge container's memory under qemu (linux/arm64 emulated on this x86 machine).
+
+The images come from deploy/images/build.sh (as `make images`; cached builds are quick). The int8 model is the
+third-party model in ../shared converted like the README says; without ../shared the stand-in is used and says so.
+
+    python benchmarks/bench_images.py
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+REAL_MODEL = SHARED / "models" / "cassava-cnn-256" / "saved_model"
+REAL_PHOTOS = SHARED / "data" / "cassava-real"
+BIN = Path(sys.executable).parent
+DOCKER = "/usr/bin/docker" if os.access("/usr/bin/docker", os.X_OK) else "docker"
+TARGET_TREE_MB = 220
+
+
+def tree_rss_mb(pid: int) -> float:
+    """RSS of a process and all its descendants, from /proc."""
+    children = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+            total += int(status.split("VmRSS:")[1].split()[0])
+        except (OSError, IndexError):
+            pass
+        todo += children.get(current, [])
+    return total / 1024
+
+
+def wait_ready(url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} not ready after {timeout:.0f} s")
+
+
+def free_port() -> int:
+    from cassava.shared.server.process import free_port as pick
+
+    return pick()
+
+
+def int8_model() -> tuple:
+    """(converted dir, description): the real model's int8 copy when ../shared exists, else the stand-in's."""
+    from cassava.shared.cache import cache_dir
+
+    if REAL_MODEL.exists():
+        out, args = cache_dir() / "bench-real-int8", ["--model", REAL_MODEL, "--input-scale", 255, "--classes",
+                                                      "cbb,cbsd,cgm,cmd,healthy", "--calibration", "standin:train",
+                                                      "--verify-data", REAL_PHOTOS]
+        what = "int8 copy of the third-party cassava-cnn-256"
+    else:
+        out, args = cache_dir() / "bench-standin-int8", ["--model", "standin"]
+        what = "int8 stand-in (stand-in model, synthetic data)"
+    if not (out / "model.tflite").exists():
+        subprocess.run([str(BIN / "cassava"), "convert", *map(str, args), "--out", str(out)], check=True,
+                       capture_output=True)
+    return out, what
+
+
+def classify(url: str, data) -> None:
+    subprocess.run([str(BIN / "cassava"), "predict", "--edge", url, "--data", str(data), "-n", "0", "--quiet"],
+                   check=True, capture_output=True, timeout=1800)
+
+
+def native_edge_tree(model: Path, data) -> dict:
+    """`cassava serve edge` on this machine: the command and everything it started."""
+    ports = [free_port() for _ in range(3)]
+    process = subprocess.Popen([str(BIN / "cassava"), "serve", "edge", "--model", str(model), "--http-port", str(ports[0]),
+                                "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2])],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{ports[0]}"
+        wait_ready(f"{url}/v2/models/cassava/ready", 300)
+        ready = tree_rss_mb(process.pid)
+        classify(url, data)
+        served = tree_rss_mb(process.pid)
+        processes = 1 + len([p for p in Path("/proc").iterdir() if p.name.isdigit() and _parent(p) == process.pid])
+    finally:
+        process.terminate()
+        process.wait(60)
+    return {"ready_mb": ready, "served_mb": served, "processes": processes}
+
+
+def _parent(entry: Path) -> int:
+    try:
+        return int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
+def build(tier: str) -> str:
+    proc = subprocess.run([str(REPO / "deploy" / "images" / "build.sh"), tier], capture_output=True, text=True,
+                          env={**os.environ, "PYTHON": sys.executable})
+    if proc.returncode != 0:
+        raise RuntimeError(f"build.sh {tier} failed: {proc.stderr.strip().splitlines()[-1:]}")
+    return proc.stdout.split()[-1]
+
+
+def image_mb(image: str) -> float:
+    return int(subprocess.run([DOCKER, "image", "inspect", "-f", "{{.Size}}", image], capture_output=True, text=True,
+                              check=True).stdout) / 1e6
+
+
+def edge_container_mb(image: str, model: Path, data) -> float:
+    """Memory of the running edge container (cgroup v1 usage minus page cache) after answering `data`, under qemu."""
+    port = free_port()
+    name = f"cassava-bench-{port}"
+    subprocess.run([DOCKER, "run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:9080", "-v", f"{model}:/mnt/models:ro",
+                    "--read-only", "--tmpfs", "/tmp", image], check=True, capture_output=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(f"{url}/v2/models/cassava/ready", 900)
+        classify(url, data)
+        stats = subprocess.run([DOCKER, "exec", name, "cat", "/sys/fs/cgroup/memory/memory.stat"], capture_output=True,
+                               text=True, check=True).stdout
+        values = dict(line.split() for line in stats.splitlines())
+        return int(values["total_rss"]) / 2**20
+    finally:
+        subprocess.run([DOCKER, "rm", "-f", name], capture_output=True)
+
+
+def main() -> dict:
+    model, what = int8_model()
+    data = REAL_PHOTOS if REAL_PHOTOS.exists() else "standin"
+    tree = native_edge_tree(model, data)
+    cloud, edge = build("cloud"), build("edge")
+    sizes = {cloud: image_mb(cloud), edge: image_mb(edge)}
+    container = edge_container_mb(edge, model, data)
+    print(f"model: {what}; photos: {data}")
+    print(f"`cassava serve edge` process tree ({tree['processes']} processes), x86: {tree['ready_mb']:.0f} MB RSS when "
+          f"ready, {tree['served_mb']:.0f} MB after classifying the photos (target ≤ {TARGET_TREE_MB} MB)")
+    for image, size in sizes.items():
+        print(f"image {image}: {size:.0f} MB")
+    print(f"edge container (linux/arm64 under qemu-user, memory includes the emulator's): {container:.0f} MB RSS "
+          "after the photos")
+    return {
+        "model": what, "sizes_mb": sizes, "tree": tree, "edge_container_qemu_mb": container,
+        "ratios": [
+            {"name": f"edge process tree RSS after the photos, x86 ({what}; {tree['ready_mb']:.0f} MB when ready)",
+             "value": tree["served_mb"], "target": TARGET_TREE_MB, "better": "lower", "unit": " MB"},
+            {"name": "cloud image size", "value": sizes[cloud], "target": None, "unit": " MB"},
+            {"name": "edge image size (linux/arm64)", "value": sizes[edge], "target": None, "unit": " MB"},
+            {"name": "edge container RSS under qemu (arm64 emulated; not a Pi measurement)", "value": container,
+             "target": None, "unit": " MB"},
+        ],
+    }
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("CASSAVA_CACHE", str(REPO / ".cache"))
+    main()
