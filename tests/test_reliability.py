@@ -109,6 +109,8 @@ BAD_REQUESTS = [
     ("binary: non-image bytes", Framed(_binary_input("photos", "BYTES", [1], 31),
                                        struct.pack("<I", 27) + b"%PDF-1.4 this is a document"),
      "cassava", 400, "not an image"),
+    ("binary: NaN floats", Framed(_binary_input("payload", "FP32", [1, 224, 224, 3], 224 * 224 * 3 * 4),
+                                  np.full(224 * 224 * 3, np.nan, np.float32).tobytes()), "cassava", 400, "NaN"),
     ("binary: body above the limit", Framed(_binary_input("pixels", "UINT8", [27, 224, 224, 3], 27 * 224 * 224 * 3),
                                             bytes(27 * 224 * 224 * 3)), "cassava", 413, "request body of 4,06"),
 ]
