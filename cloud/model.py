@@ -11,25 +11,10 @@ import numpy as np
 from cassava.shared.cache import cache_dir
 from cassava.shared.classifier import softmax
 from cassava.shared.errors import CassavaError
-from cassava.shared.native import debugging, native_stderr_silenced
+from cassava.shared.native import import_tensorflow
 from cassava.shared.spec import ModelSpec, apply_overrides, base_spec, check_hub_handle, check_interface, is_hub_handle
 
 log = logging.getLogger(__name__)
-
-
-def _quiet_tensorflow():
-    """Import TensorFlow without its C++ start-up lines (oneDNN, CUDA probing) unless --debug; errors still raise."""
-    import sys
-
-    if "tensorflow" in sys.modules:
-        return sys.modules["tensorflow"]
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    with native_stderr_silenced(not debugging()):
-        import tensorflow as tf
-
-        tf.constant(0)  # the first op initialises devices: that is where the CUDA probe complains
-    tf.get_logger().setLevel(logging.ERROR)
-    return tf
 
 
 class TFClassifier:
@@ -42,7 +27,7 @@ class TFClassifier:
         self._output_key = output_key
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        tf = _quiet_tensorflow()
+        tf = import_tensorflow()
         tensor = tf.constant(np.asarray(x, dtype=np.float32))
         result = self._fn(**{self._input_key: tensor}) if self._input_key else self._fn(tensor)
         if isinstance(result, dict):
@@ -61,6 +46,7 @@ def resolve_model_path(model: str) -> Path:
         check_hub_handle(model)
         os.environ.setdefault("TFHUB_CACHE_DIR", str(cache_dir() / "tfhub"))
         try:
+            import_tensorflow()  # before tensorflow_hub imports it loudly
             import tensorflow_hub as hub
         except ImportError:
             raise CassavaError("TF Hub handles need tensorflow-hub (pip install 'cassava-cloud-edge[cloud]')") from None
@@ -82,7 +68,7 @@ def resolve_model_path(model: str) -> Path:
 def load_tf_classifier(model: str, input_scale=None, classes=None) -> TFClassifier:
     path = resolve_model_path(model)
     spec = base_spec(str(path)) if not is_hub_handle(model) else base_spec(model)
-    tf = _quiet_tensorflow()
+    tf = import_tensorflow()
     try:
         loaded = tf.saved_model.load(str(path))
     except Exception as exc:

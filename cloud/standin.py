@@ -48,9 +48,9 @@ def build_model():
 
 
 def train(out_dir: Path) -> dict:
-    from cassava.cloud.model import _quiet_tensorflow
+    from cassava.shared.native import import_tensorflow
 
-    tf = _quiet_tensorflow()
+    tf = import_tensorflow()
     import keras
 
     keras.utils.set_random_seed(0)

@@ -391,7 +391,8 @@ def remove_outputs(out: Path) -> None:
 
 def run(args) -> int:
     io = check_arguments(args)
-    from cassava.cloud.model import _quiet_tensorflow, load_tf_classifier, resolve_model_path
+    from cassava.cloud.model import load_tf_classifier, resolve_model_path
+    from cassava.shared.native import import_tensorflow as _quiet_tensorflow
     from cassava.shared.preprocess import to_model_input
 
     progress = not args.quiet

@@ -1,5 +1,14 @@
-"""Quieting native libraries: TensorFlow and LiteRT write start-up notices straight to file descriptor 2, where
-neither logging levels nor TF_CPP_MIN_LOG_LEVEL reach (TF 2.21 prints its oneDNN/CUDA lines regardless)."""
+"""Quieting native libraries, at the source: TensorFlow (and LiteRT) log from C++, not through Python logging.
+
+- TF_CPP_MIN_LOG_LEVEL, set before TensorFlow loads, silences TF's own C++ lines while it runs (the `E0000 ...
+  node_def_util` notice on every Keras fit, the failed CUDA probe).
+- Some lines ignore it: absl's "before absl::InitializeLog()" warning and the CUDA stub's "Could not find cuda
+  drivers", both printed during `import tensorflow`, and LiteRT's "Created TensorFlow Lite XNNPACK delegate". Only
+  a redirect of file descriptor 2 reaches them, so `native_stderr_silenced` wraps those calls and nothing longer.
+- Python-side chatter (absl's and TensorFlow's loggers) goes through logging levels.
+
+`cassava --debug` (debug logging on) shows all of it.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -28,3 +37,27 @@ def native_stderr_silenced(enabled: bool = True):
 def debugging() -> bool:
     """`cassava --debug` turns on debug logging: then native output is shown too."""
     return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
+def quiet_native_environment(debug: bool = None) -> None:
+    """Before TensorFlow loads: its C++ log level (read once, at load) is 3 (none) normally, 0 (all) with --debug.
+
+    Also for child processes, which inherit the environment."""
+    debug = debugging() if debug is None else debug
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0" if debug else "3"
+
+
+def import_tensorflow():
+    """TensorFlow, imported quietly unless --debug (the one place the project imports it); errors still raise."""
+    if "tensorflow" in sys.modules and hasattr(sys.modules["tensorflow"], "constant"):
+        return sys.modules["tensorflow"]
+    debug = debugging()
+    quiet_native_environment(debug)
+    with native_stderr_silenced(not debug):  # the lines TF_CPP_MIN_LOG_LEVEL does not reach: import time only
+        import tensorflow as tf
+    if not debug:
+        tf.get_logger().setLevel(logging.ERROR)
+        from absl import logging as absl_logging  # a TensorFlow dependency; SavedModel export warns through it
+
+        absl_logging.set_verbosity(absl_logging.ERROR)
+    return tf
