@@ -19,7 +19,6 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton_http
-
 from helpers import REAL_CLASSES, REPO, MLServer
 from test_cloud import _shipped
 from test_convert import conversions, converted, real_args  # noqa: F401 (conversions: a fixture)

@@ -51,9 +51,11 @@ class ModelInfo:
 
 def model_info(metadata: MetadataModelResponse, where: str) -> ModelInfo:
     """Input size from any image input ([-1, H, W, 3]); class count from the `probabilities` output ([-1, C])."""
-    sizes = [t.shape[1] for t in metadata.inputs or [] if len(t.shape) == 4 and t.shape[1] == t.shape[2] and t.shape[1] > 0]
+    sizes = [t.shape[1] for t in metadata.inputs or []
+             if len(t.shape) == 4 and t.shape[1] == t.shape[2] and t.shape[1] > 0]
     if not sizes:
-        raise CassavaError(f"{where}: the model's metadata names no image input of shape [-1, H, W, 3]; is it a cassava model?")
+        raise CassavaError(f"{where}: the model's metadata names no image input of shape [-1, H, W, 3]; "
+                           "is it a cassava model?")
     classes = [t.shape[-1] for t in metadata.outputs or [] if t.name == "probabilities" and len(t.shape) == 2]
     if not classes or classes[0] < 2:
         raise CassavaError(f"{where}: the model's metadata has no `probabilities` output of shape [-1, C]")
@@ -121,7 +123,8 @@ class HttpTransport:
         self.address = self.base_url
         self.timeout = timeout
         self._retrying = _Retrying(retries, backoff_s)
-        self._client = httpx.Client(timeout=timeout, limits=httpx.Limits(max_connections=64, max_keepalive_connections=16))
+        self._client = httpx.Client(timeout=timeout,
+                                    limits=httpx.Limits(max_connections=64, max_keepalive_connections=16))
 
     def ready(self, timeout: float = 1.0) -> bool:
         """`/v2/health/ready` answers 200 in time (a short probe, never retried)."""
@@ -235,7 +238,8 @@ class GrpcTransport:
         from mlserver.grpc.converters import ModelMetadataResponseConverter
 
         where = f"grpc://{self.address} model {self.model_name}"
-        answer = self._retrying.call(lambda: self._call(self._stub.ModelMetadata, pb.ModelMetadataRequest(name=self.model_name), where))
+        request = pb.ModelMetadataRequest(name=self.model_name)
+        answer = self._retrying.call(lambda: self._call(self._stub.ModelMetadata, request, where))
         return model_info(ModelMetadataResponseConverter.to_types(answer), where)
 
     def infer(self, request: InferenceRequest) -> InferenceResponse:
@@ -268,5 +272,6 @@ def make_transport(base_url: str, model_name: str, grpc: bool = False, grpc_addr
                    headers: Sequence[Tuple[str, str]] = (), **options):
     """REST to `base_url`, or gRPC to `grpc_address` (default: the REST port + 1)."""
     if grpc:
-        return GrpcTransport(grpc_address or grpc_address_for(check_base_url(base_url)), model_name, headers=headers, **options)
+        address = grpc_address or grpc_address_for(check_base_url(base_url))
+        return GrpcTransport(address, model_name, headers=headers, **options)
     return HttpTransport(base_url, model_name, **options)

@@ -69,6 +69,15 @@ def test_our_request_framing_is_what_the_extension_specifies():
     assert body[header_length:] == pixels.tobytes() and "data" not in header["inputs"][0]
 
 
+def test_the_binary_wire_over_grpc_is_compact():
+    """gRPC carries bytes natively; there the binary wire sends compact's WebP bytes (see protocol/__init__.py)."""
+    pixels = np.random.default_rng(2).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    over_grpc = build_request("binary", pixels=pixels, grpc=True, request_id="g")
+    compact = build_request("compact", pixels=pixels, grpc=True, request_id="g")
+    assert over_grpc == compact and over_grpc.inputs[0].name == "photos"
+    assert not binary.has_binary_inputs(over_grpc)
+
+
 def test_our_response_framing_is_what_tritonclient_reads():
     response = {"model_name": "cassava", "id": "r1", "outputs": [
         {"name": "class_ids", "datatype": "INT64", "shape": [2], "data": [3, 0]},
