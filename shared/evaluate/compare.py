@@ -233,7 +233,7 @@ def conversion_notes(entries: List["Entry"], eval_data: str) -> tuple:
             text += (f"; the converter checked it on {verification.get('images')} other images from "
                      f"{(report.get('data') or {}).get('verification')} ({verification.get('agree')}/"
                      f"{verification.get('images')} top-1 agreement with the source"
-                     + (" (95% CI {:.1%}-{:.1%})".format(*verification["agreement_ci95"])
+                     + (", 95% CI {:.1%}-{:.1%}".format(*verification["agreement_ci95"])
                         if verification.get("agreement_ci95") else "") + ")")
         parts.append(text)
         if calibration.get("data") == eval_data:
