@@ -1,20 +1,19 @@
 """`cassava serve cloud|edge`: run the tier's MLServer runtime, checked first, and say where it listens.
 
 The run dir is a copy of the tier's folder as shipped (`model-settings.json` + `settings.json`, the same files
-`mlserver start cloud/` reads) with the model, host, ports and workers filled in; then `mlserver start RUNDIR`
-runs under this command. MLServer exits 0 when the model fails to load, so readiness is watched here: a model
-that never becomes ready ends this command with one line and exit code 2.
+`mlserver start cloud/` reads) with the model, host, ports and workers filled in. After the checks this command
+replaces itself with the small supervisor of `mlserver start RUNDIR` (supervise.py), so the CLI's imports and the
+checked model do not stay in memory beside the server. MLServer exits 0 when the model fails to load, so readiness
+is watched there: a model that never becomes ready ends the command with one line and exit code 2.
 """
 from __future__ import annotations
 
 import json
 import os
-import signal
+import shutil
 import socket
-import subprocess
 import sys
 import tempfile
-import threading
 from pathlib import Path
 
 from ..errors import CassavaError
@@ -22,7 +21,7 @@ from ..native import native_stderr_silenced
 from ..labels import parse_class_list
 from ..spec import CROPNET_HANDLE, is_model_path, model_kind
 from ..tiers import TIERS
-from .process import LOAD_FAILURE_ENV, mlserver_command, stop, wait_ready
+from .supervise import model_line, serve  # noqa: F401 (serve: the supervisor, also used by tests)
 
 MODEL_NAME = "cassava"
 STANDIN_VERSION_NAME = "standin-v1"
@@ -54,12 +53,35 @@ def run(args) -> int:
     check_ports(args.host, ports)
     debug = bool(getattr(args, "debug", False))
     spec = check_model(tier, model, args.input_scale, args.classes, debug)
-    if args.run_dir:
-        return serve(write_run_dir(args.run_dir, tier, model, args.host, ports, args.workers, args.input_scale, args.classes),
-                     tier, spec, debug)
-    with tempfile.TemporaryDirectory(prefix=f"cassava-{tier}-") as run_dir:
-        return serve(write_run_dir(run_dir, tier, model, args.host, ports, args.workers, args.input_scale, args.classes),
-                     tier, spec, debug)
+    run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix=f"cassava-{tier}-"))
+    try:
+        run_dir = write_run_dir(run_dir, tier, model, args.host, ports, args.workers, args.input_scale, args.classes)
+    except BaseException:
+        if not args.run_dir:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    return exec_supervisor(run_dir, tier, spec, debug, remove=not args.run_dir)
+
+
+def exec_supervisor(run_dir: Path, tier: str, spec, debug: bool, remove: bool) -> int:
+    """Become the small supervisor of `mlserver start` (see supervise.py): the CLI's imports and the checked model
+    leave memory with this process image. Where exec is not available, supervise from here."""
+    command = [sys.executable, "-m", "cassava.shared.server.supervise", str(run_dir), tier]
+    if spec is not None:
+        command += ["--model-line", model_line(spec, run_dir)]
+    command += ["--debug"] * debug + ["--remove-run-dir"] * remove
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if hasattr(os, "execv"):
+        try:
+            os.execv(sys.executable, command)
+        except OSError:
+            pass
+    try:
+        return serve(run_dir, tier, spec, debug)
+    finally:
+        if remove:
+            shutil.rmtree(run_dir, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- checks before MLServer starts
@@ -163,97 +185,3 @@ def write_run_dir(run_dir, tier: str, model: str, host: str, ports, workers=None
 # ---------------------------------------------------------------- running MLServer
 
 
-def _local(host: str) -> str:
-    """An address this machine can reach the server on (a wildcard host listens on loopback too)."""
-    if host in ("", "0.0.0.0"):
-        return "127.0.0.1"
-    if host == "::":
-        return "[::1]"
-    return f"[{host}]" if ":" in host else host
-
-
-def serve(run_dir, tier: str, spec=None, debug: bool = False) -> int:
-    """`mlserver start RUN_DIR` until it stops. Raises CassavaError if the model never becomes ready."""
-    run_dir = Path(run_dir)
-    settings = json.loads((run_dir / "settings.json").read_text())
-    model_settings = json.loads((run_dir / "model-settings.json").read_text())
-    host, name = settings.get("host", "127.0.0.1"), model_settings.get("name", MODEL_NAME)
-    shown = f"[{host}]" if ":" in host else host
-    ready_url = f"http://{_local(host)}:{settings['http_port']}/v2/models/{name}/ready"
-
-    failure_file = run_dir / "load-failure.txt"
-    failure_file.unlink(missing_ok=True)
-    environment = {**os.environ, LOAD_FAILURE_ENV: str(failure_file)}  # where the runtime says why a load failed
-    process = subprocess.Popen(mlserver_command(run_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               stdin=subprocess.DEVNULL, env=environment,
-                               preexec_fn=_die_with_parent if sys.platform == "linux" else None)
-    log = _LogRelay(process, echo=debug)
-    in_main_thread = threading.current_thread() is threading.main_thread()  # only there can signals be handled
-    if in_main_thread:
-        previous = signal.signal(signal.SIGTERM, lambda *_: process.terminate())  # stopping this command stops MLServer
-    try:
-        if not wait_ready(ready_url, process):  # no time limit: a TF Hub model may be slow
-            process.wait()
-            log.join()
-            reason = (failure_file.read_text().strip() if failure_file.is_file() else
-                      f"MLServer exited with code {process.returncode} before the model was ready")
-            raise CassavaError(f"model failed to load in MLServer: {reason}" + ("" if debug else " (--debug shows its log)"))
-        log.start_echo()
-        print(f"cassava ({tier}) on http://{shown}:{settings['http_port']}/v2/models/{name}/infer, "
-              f"gRPC {shown}:{settings['grpc_port']}, metrics http://{shown}:{settings['metrics_port']}/metrics", flush=True)
-        if spec is not None:
-            print(f"model: {spec.title}; {spec.input_size}x{spec.input_size} input, classes {','.join(spec.class_names)}; "
-                  f"settings in {run_dir}", flush=True)
-        code = process.wait()
-        log.join()
-        if code not in (0, -signal.SIGTERM, -signal.SIGINT):
-            print(f"cassava serve: MLServer exited with code {code}", file=sys.stderr)
-            return code if code > 0 else 1
-        return 0
-    except KeyboardInterrupt:  # Ctrl-C reaches MLServer too (same process group): let it shut down cleanly
-        stop(process, group=False)
-        raise
-    finally:
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, previous)
-        stop(process, group=False)
-
-
-def _die_with_parent():
-    """In MLServer's process before it starts: SIGTERM when this command dies, even by SIGKILL, so no server is left
-    holding the ports. (This process has no other threads when it starts MLServer, so preexec_fn is safe.)"""
-    import ctypes
-
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-
-class _LogRelay:
-    """Reads MLServer's output: kept back while it starts (a failed load becomes one line), echoed to stderr after."""
-
-    def __init__(self, process: subprocess.Popen, echo: bool):
-        self._process = process
-        self._echo = echo
-        self._thread = threading.Thread(target=self._relay, daemon=True)
-        self._thread.start()
-
-    def _relay(self):
-        # Keep reading whatever happens to our stderr: a full pipe would stall MLServer at its next log line.
-        for raw in iter(self._process.stdout.readline, b""):
-            line = raw.decode(errors="replace")
-            if not self._echo:
-                continue  # kept back while MLServer starts: a failed load is reported in one line instead
-            try:
-                sys.stderr.write(line)
-                sys.stderr.flush()
-            except (OSError, ValueError):
-                pass
-
-    def start_echo(self):
-        self._echo = True
-
-    def join(self):
-        self._thread.join(10)
