@@ -26,6 +26,9 @@ PLATFORMS = {
     "linux/arm64": ("aarch64", [f"manylinux_2_{v}_aarch64" for v in range(17, 37)] + ["manylinux2014_aarch64"]),
     "linux/amd64": ("x86_64", [f"manylinux_2_{v}_x86_64" for v in range(17, 37)] + ["manylinux2014_x86_64"]),
 }
+# Keep in step with deploy/images/constraints-aarch64.txt: ai-edge-litert 2.x's aarch64 wheel crashes when creating
+# an interpreter under qemu-user 7.2 (the aarch64 CPU this is tested on); 1.4.0 runs there.
+PLATFORM_CONSTRAINTS = {"linux/arm64": ["ai-edge-litert<2"]}
 UNSUPPORTED = {
     "linux/arm/v7": "PyPI has no armv7 wheels of numpy or ai-edge-litert (piwheels has some; see edge/README.md)",
 }
@@ -71,7 +74,8 @@ def run(args) -> int:
             shutil.copy2(path, root / "model" / path.name)
         wheels = root / "wheels"
         _project_wheel(wheels)
-        _download(_requirements(PLATFORMS[args.platform][0]), args.platform, f"{major}.{minor}", wheels)
+        requirements = _requirements(PLATFORMS[args.platform][0]) + PLATFORM_CONSTRAINTS.get(args.platform, [])
+        _download(requirements, args.platform, f"{major}.{minor}", wheels)
         install = root / "install.sh"
         install.write_text(INSTALL_SH.format(python=f"{major}.{minor}", major=major, minor=minor, dist=DIST))
         install.chmod(0o755)

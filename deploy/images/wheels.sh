@@ -14,7 +14,9 @@ case "$platform" in
 esac
 pip=("${PYTHON:-python3}" -m pip)
 reqs="$("${PYTHON:-python3}" "$(dirname "$0")/requirements.py" "$tier")"
-key=$(printf '%s\n%s\n' "$platform" "$reqs" | sha256sum | cut -c1-12)
+constraints="$(dirname "$0")/constraints-$machine.txt"
+[ -f "$constraints" ] || constraints=/dev/null
+key=$( (printf '%s\n%s\n' "$platform" "$reqs"; cat "$constraints") | sha256sum | cut -c1-12)
 cache="$CASSAVA_BUILD_CACHE/wheels/$tier-$arch-$key"
 if [ ! -f "$cache/requirements.txt" ]; then
   say "downloading $tier wheels for $platform into $cache"
@@ -26,7 +28,7 @@ if [ ! -f "$cache/requirements.txt" ]; then
     --implementation cp --abi cp311 --abi abi3 --abi none \
     $(for v in $(seq 17 36); do printf -- '--platform manylinux_2_%s_%s ' "$v" "$machine"; done) \
     --platform "manylinux2014_$machine" --platform any \
-    -r "$cache.tmp/in.txt"
+    -r "$cache.tmp/in.txt" -c "$constraints"
   # The exact set downloaded, pinned: the image installs it with --no-index; the build backend stays out.
   ls "$cache.tmp" | grep '\.whl$' | cut -d- -f1-2 | sed 's/-/==/' | tr _ - \
     | grep -viE '^(setuptools|wheel|pip)==' | sort > "$cache.tmp/requirements.txt"
