@@ -38,7 +38,8 @@ def convert(out: Path, *extra) -> dict:
     started = time.time()
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
-        raise RuntimeError(f"cassava convert {' '.join(extra)} failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
+        last = (result.stderr.strip().splitlines() or ["?"])[-1]
+        raise RuntimeError(f"cassava convert {' '.join(extra)} failed: {last}")
     report = json.loads((out / "conversion-report.json").read_text())
     report["seconds"] = round(time.time() - started, 1)
     return report
@@ -119,8 +120,10 @@ def main() -> dict:
              "note": f"{chosen['right']} vs {tf_right} of {len(x)} right"},
             {"name": f"--target-agreement {TARGET}: size ÷ float TFLite", "value": chosen["bytes"] / float32["bytes"],
              "target": TARGET_SIZE, "better": "lower", "unit": "×",
-             "note": f"{chosen['bytes'] // 1024} vs {float32['bytes'] // 1024} KB; plain int8 {plain['bytes'] // 1024} KB"},
-            {"name": f"--target-agreement {TARGET}: latency ÷ float TFLite, 1 thread", "value": chosen["ms"] / float32["ms"],
+             "note": f"{chosen['bytes'] // 1024} vs {float32['bytes'] // 1024} KB; "
+                     f"plain int8 {plain['bytes'] // 1024} KB"},
+            {"name": f"--target-agreement {TARGET}: latency ÷ float TFLite, 1 thread",
+             "value": chosen["ms"] / float32["ms"],
              "target": TARGET_LATENCY, "better": "lower", "unit": "×",
              "note": f"median {chosen['ms']:.2f} vs {float32['ms']:.2f} ms; plain int8 {plain['ms']:.2f} ms"},
         ],

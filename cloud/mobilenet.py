@@ -49,9 +49,9 @@ def build_model():
 
 
 def train(out_dir: Path) -> dict:
-    from cassava.cloud.model import _quiet_tensorflow
+    from cassava.shared.native import import_tensorflow
 
-    _quiet_tensorflow()
+    import_tensorflow()
     import keras
 
     keras.utils.set_random_seed(0)
@@ -86,5 +86,6 @@ def ensure_mobilenet() -> Path:
             f"{STANDIN_NOTE}: synthetic-leaf validation accuracy {stats['val_accuracy']:.3f} "
             f"(not cassava accuracy), {EPOCHS} epochs in {stats['train_seconds']} s\n")
         staging.rename(target)
-        print(f"MobileNetV3 ready: synthetic validation accuracy {stats['val_accuracy']:.3f} ({STANDIN_NOTE})", flush=True)
+        print(f"MobileNetV3 ready: synthetic validation accuracy {stats['val_accuracy']:.3f} ({STANDIN_NOTE})",
+              flush=True)
     return target

@@ -49,21 +49,23 @@ def add_arguments(parser):
                         help="calibration images (default 200; when one DATA must both calibrate and verify, at most "
                              "half of it, so that the other half verifies)")
     parser.add_argument("--verify-data", nargs="+", metavar="DATA",
-                        help="held-out images to compare source and TFLite on (default: the stand-in's validation split; "
-                             "else the --calibration images not used for calibration: one folder is split in two, "
-                             "stratified by class, and the report says so)")
+                        help="held-out images to compare source and TFLite on (default: the stand-in's validation "
+                             "split; else the --calibration images not used for calibration: one folder is split in "
+                             "two, stratified by class, and the report says so)")
     parser.add_argument("--verify-samples", type=int, default=0,
                         help="verify on at most this many images (default 0 = every held-out image)")
     parser.add_argument("--io", choices=IO_TYPES, help="int8 model input/output type (default uint8; other modes, and "
                                                       "--target-agreement, are float32)")
     parser.add_argument("--min-agreement", type=float, default=MIN_AGREEMENT,
-                        help=f"refuse the copy when the 95%% Wilson interval of its top-1 agreement with the source lies "
-                             f"wholly below this (default {MIN_AGREEMENT}: healthy int8 copies of a real cassava CNN "
-                             "agreed on 94-97%% of 150 held-out photos, broken ones on under 50%%; see edge/README.md)")
+                        help=f"refuse the copy when the 95%% Wilson interval of its top-1 agreement with the source "
+                             f"lies wholly below this (default {MIN_AGREEMENT}: healthy int8 copies of a real cassava "
+                             "CNN agreed on 94-97%% of 150 held-out photos, broken ones on under 50%%; see "
+                             "edge/README.md)")
     parser.add_argument("--target-agreement", type=float, metavar="A",
                         help="int8: keep the layers that cost agreement in float32 (TFLite's QuantizationDebugger, "
                              "fewest first) until held-out top-1 agreement reaches A, e.g. 0.99; falls back to "
-                             "dynamic-range when that is the smaller copy meeting A. Reports what was kept and its cost")
+                             "dynamic-range when that is the smaller copy meeting A. Reports what was kept and its "
+                             "cost")
     parser.add_argument("--input-scale", type=float, choices=(1.0, 255.0), help="model pixel range: 1 = [0,1], 255 = raw 0-255")
     parser.add_argument("--classes", type=parse_class_list, help="class names in model output order, e.g. cbb,cbsd,cgm,cmd,healthy")
     parser.add_argument("--allow-float-fallback", action="store_true",
@@ -124,8 +126,8 @@ def plan_data(args, spec):
         verify, source = pool, describe(calibration_data)  # nothing calibrates: every image verifies
     elif args.quantize == "int8":
         if len(pool) < 2:
-            raise CassavaError(f"--calibration {describe(calibration_data)}: one image cannot both calibrate and verify; "
-                               "pass more photos or --verify-data DATA")
+            raise CassavaError(f"--calibration {describe(calibration_data)}: one image cannot both calibrate and "
+                               "verify; pass more photos or --verify-data DATA")
         count = min(args.samples or DEFAULT_SAMPLES, len(pool) // 2)
         calibration, verify = stratified_split(pool, count)
         source = f"{describe(calibration_data)} (the images not used for calibration)"
@@ -334,7 +336,8 @@ def table(report: dict) -> str:
     ]
     if report["data"].get("split"):
         rows.append(("split", report["data"]["split"]))
-    rows.append(("verified on", f"{v['images']} held-out images from {report['data']['verification']}" if v else "not verified"))
+    rows.append(("verified on", f"{v['images']} held-out images from {report['data']['verification']}" if v
+                 else "not verified"))
     if v:
         verdict = "OK" if report["accepted"] else "REFUSED"
         rows.append(("top-1 agreement", f"{_interval(v)}  minimum {report['min_agreement']:.1%}  {verdict}"))
@@ -411,7 +414,8 @@ def run(args) -> int:
     data["verification_skipped"] = verify_skipped
     if data["split"]:
         print(f"note: {data['split']}", file=sys.stderr)
-    held = Held(verify_pixels, [s.label for s in verify_samples], source_predictions(source, verify_pixels, progress=progress))
+    held = Held(verify_pixels, [s.label for s in verify_samples],
+                source_predictions(source, verify_pixels, progress=progress))
 
     tf = _quiet_tensorflow()
     out = args.out
@@ -426,8 +430,8 @@ def run(args) -> int:
         with native_output_to(log_path) as stderr:
             try:
                 if args.target_agreement is None:
-                    content, quantize, selective = make_converter(tf, path, spec, args, io, calibration_x, stderr).convert(), \
-                        args.quantize, None
+                    converter = make_converter(tf, path, spec, args, io, calibration_x, stderr)
+                    content, quantize, selective = converter.convert(), args.quantize, None
                 else:
                     content, quantize, selective = search_target(args, tf, path, spec, calibration_x, held, stderr)
             except CassavaError:
@@ -495,11 +499,12 @@ def search_target(args, tf, path: Path, spec, calibration_x, held: Held, stderr)
         plain = search.trials[0]
         plain_met = int8 is not None and not int8["float_layers"]
         dynamic = None if plain_met else search.other("dynamic", converted("dynamic"))
-        float16 = None if int8 or plain_met or dynamic["meets_target"] else search.other("float16", converted("float16"))
+        float16 = None if int8 or plain_met or dynamic["meets_target"] else \
+            search.other("float16", converted("float16"))
         chosen = selective.choose(int8, dynamic, float16, search.trials)
         content = search.content_of(chosen)
         float32 = converted("none")
-        timing = {"chosen": scratch / "chosen.tflite", "int8": scratch / "int8.tflite", "float32": scratch / "float32.tflite"}
+        timing = {name: scratch / f"{name}.tflite" for name in ("chosen", "int8", "float32")}
         timing["chosen"].write_bytes(content)
         timing["int8"].write_bytes(search.content_of(plain))
         timing["float32"].write_bytes(float32)
@@ -538,7 +543,8 @@ def check_and_write(args, tf, source, path: Path, content: bytes, quantize: str,
     if selective and quantize == "int8":
         variant += f", {len(selective['kept_in_float32'])} layer(s) kept in float32"
     tflite_spec = spec.replace(description=f"{spec.description} (TFLite {variant})", tflite={
-        "quantize": quantize, "io": io, "input": Port(input_detail).describe(), "output": Port(output_detail).describe(),
+        "quantize": quantize, "io": io,
+        "input": Port(input_detail).describe(), "output": Port(output_detail).describe(),
         "float_ops": float_ops if quantize == "int8" else [], "flex_ops": flex_ops,
         "float_layers": selective["kept_in_float32"] if selective else [],
         "source": str(args.model), "converter": f"tensorflow {tf.__version__}",

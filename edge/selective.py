@@ -29,7 +29,8 @@ DEBUG_IMAGES = 64  # calibration images run through the instrumented model for t
 
 
 def layer_ranking(debugger) -> List[Dict]:
-    """The debugger's per-layer statistics -> [{layer, rmse_over_scale, ...}], worst first, zero-error layers dropped."""
+    """The debugger's per-layer statistics -> [{layer, rmse_over_scale, ...}], worst first, error-free layers left
+    out."""
     dump = io.StringIO()
     debugger.layer_statistics_dump(dump)
     dump.seek(0)

@@ -214,7 +214,8 @@ MAKE_MODELS = textwrap.dedent('''
 
     root = sys.argv[1]
     keras.utils.set_random_seed(0)
-    model = build_model()  # the stand-in's architecture; random weights are enough to compare two exports
+    built = build_model()  # the stand-in's architecture; random weights are enough to compare two exports
+    model = built[0] if isinstance(built, tuple) else built  # (full, head) since the stand-in trains on pooled input
     tf.saved_model.save(model, f"{root}/keras3-tf-saved-model")  # the known silent failure
     model.export(f"{root}/keras3-export", format="tf_saved_model", verbose=False)  # the right way
 

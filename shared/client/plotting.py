@@ -26,8 +26,9 @@ def grid_selection(images: Sequence[np.ndarray], records: Sequence[dict], max_im
     right = sum(r["label"] == r["prediction"] for r in labelled)
     caption = f"{right}/{len(labelled)} right" if labelled else "no labels"
     if len(classified) > len(pairs):
-        caption += (f"; showing {len(pairs)} of {len(classified)} images ({'mistakes first' if mistakes else 'the first'}), "
-                    f"{len(classified) - len(pairs)} not shown")
+        order = "mistakes first" if mistakes else "the first"
+        left_out = len(classified) - len(pairs)
+        caption += f"; showing {len(pairs)} of {len(classified)} images ({order}), {left_out} not shown"
     return pairs, caption
 
 
