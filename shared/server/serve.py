@@ -9,6 +9,7 @@ is watched there: a model that never becomes ready ends the command with one lin
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import socket
@@ -133,8 +134,8 @@ def check_model(tier: str, model: str, input_scale=None, classes=None, debug: bo
 
 
 def _cloud_spec(model, input_scale, classes, quiet: bool) -> dict:
-    if quiet:  # TensorFlow's C++ start-up lines ignore TF_CPP_MIN_LOG_LEVEL; errors come back as the exception
-        os.dup2(os.open(os.devnull, os.O_WRONLY), 2)  # for good: this process is thrown away after the check
+    if not quiet:  # --debug: this fresh process shows TensorFlow's native lines too (shared/native.py decides)
+        logging.basicConfig(level=logging.DEBUG)
     from cassava.cloud.model import load_tf_classifier
 
     try:
