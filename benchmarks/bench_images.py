@@ -8,7 +8,6 @@ third-party model in ../shared converted like the README says; without ../shared
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -92,8 +91,9 @@ def classify(url: str, data) -> None:
 def native_edge_tree(model: Path, data) -> dict:
     """`cassava serve edge` on this machine: the command and everything it started."""
     ports = [free_port() for _ in range(3)]
-    process = subprocess.Popen([str(BIN / "cassava"), "serve", "edge", "--model", str(model), "--http-port", str(ports[0]),
-                                "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2])],
+    process = subprocess.Popen([str(BIN / "cassava"), "serve", "edge", "--model", str(model),
+                                "--http-port", str(ports[0]), "--grpc-port", str(ports[1]),
+                                "--metrics-port", str(ports[2])],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         url = f"http://127.0.0.1:{ports[0]}"
@@ -132,8 +132,9 @@ def edge_container_mb(image: str, model: Path, data) -> float:
     """Memory of the running edge container (cgroup v1 usage minus page cache) after answering `data`, under qemu."""
     port = free_port()
     name = f"cassava-bench-{port}"
-    subprocess.run([DOCKER, "run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:9080", "-v", f"{model}:/mnt/models:ro",
-                    "--read-only", "--tmpfs", "/tmp", image], check=True, capture_output=True)
+    subprocess.run([DOCKER, "run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:9080",
+                    "-v", f"{model}:/mnt/models:ro", "--read-only", "--tmpfs", "/tmp", image],
+                   check=True, capture_output=True)
     try:
         url = f"http://127.0.0.1:{port}"
         wait_ready(f"{url}/v2/models/cassava/ready", 900)

@@ -271,6 +271,7 @@ def test_edge_container_answers_like_x86_in_process(edge_image, real_int8, tmp_p
 def test_edge_plain_manifest_matches_the_edge_container(edge_image, real_int8):
     """The edge-plain Deployment's args, env, ports, probes and mounts, applied to the real edge container."""
     spec, pod = rendered_container("overlays/edge-plain", "Deployment")
+    assert spec["image"] == edge_image, "the manifest names the image `make images` builds"
     ports = declared_ports(spec)
     volumes = {v["name"]: v for v in pod["volumes"]}
     mounts, tmpfs = [], []
@@ -340,6 +341,7 @@ def test_cloud_container_as_the_seldondeployment_runs_it(cloud_image, real_cloud
     from test_client import Nginx
 
     spec, _ = rendered_container("cloud", "SeldonDeployment")
+    assert spec["image"] == cloud_image, "the manifest names the image `make images` builds"
     ports = declared_ports(spec)
     env = {**manifest_env(spec), "MLSERVER_MODEL_URI": "/mnt/models"}
     container = Container(cloud_image, ports=ports.values(), env=env, volumes=[f"{real_cloud_model}:/mnt/models:ro"],
@@ -350,6 +352,8 @@ def test_cloud_container_as_the_seldondeployment_runs_it(cloud_image, real_cloud
         check_probes(container, spec, ports)
         assert http_status(container.url(ports["metrics"]) + "/metrics") == 200
         assert grpc_server_ready(container.url(ports["grpc"]).removeprefix("http://"))
+        pre_stop = container.exec(*spec["lifecycle"]["preStop"]["exec"]["command"])
+        assert pre_stop.returncode == 0, f"the preStop hook fails in the image: {pre_stop.stderr}"
         ingress = Nginx(tmp_path / "nginx", [SimpleNamespace(http_port=container.ports[ports["http"]])]).start()
         served = predictions(tmp_path / "remote.json", "--remote", f"{ingress.url}/seldon/default/cassava",
                              "--data", real_photos)

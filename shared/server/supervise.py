@@ -58,10 +58,12 @@ def serve(run_dir, tier: str, spec=None, debug: bool = False) -> int:
             log.join()
             reason = (failure_file.read_text().strip() if failure_file.is_file() else
                       f"MLServer exited with code {process.returncode} before the model was ready")
-            raise CassavaError(f"model failed to load in MLServer: {reason}" + ("" if debug else " (--debug shows its log)"))
+            hint = "" if debug else " (--debug shows its log)"
+            raise CassavaError(f"model failed to load in MLServer: {reason}{hint}")
         log.start_echo()
         print(f"cassava ({tier}) on http://{shown}:{settings['http_port']}/v2/models/{name}/infer, "
-              f"gRPC {shown}:{settings['grpc_port']}, metrics http://{shown}:{settings['metrics_port']}/metrics", flush=True)
+              f"gRPC {shown}:{settings['grpc_port']}, metrics http://{shown}:{settings['metrics_port']}/metrics",
+              flush=True)
         if spec is not None:
             print(spec.line if isinstance(spec, _Said) else model_line(spec, run_dir), flush=True)
         code = process.wait()
