@@ -53,12 +53,12 @@ def add_arguments(parser):
                              "split; else the --calibration images not used for calibration: one folder is split in "
                              "two, stratified by class, and the report says so)")
     parser.add_argument("--verify-samples", type=int, default=0,
-                        help="verify on at most this many images (default 0 = every held-out image)")
+                        help="verify on at most this many images (0 = every held-out image)")
     parser.add_argument("--io", choices=IO_TYPES, help="int8 model input/output type (default uint8; other modes, and "
                                                       "--target-agreement, are float32)")
     parser.add_argument("--min-agreement", type=float, default=MIN_AGREEMENT,
                         help=f"refuse the copy when the 95%% Wilson interval of its top-1 agreement with the source "
-                             f"lies wholly below this (default {MIN_AGREEMENT}: healthy int8 copies of a real cassava "
+                             f"lies wholly below this (why {MIN_AGREEMENT}: healthy int8 copies of a real cassava "
                              "CNN agreed on 94-97%% of 150 held-out photos, broken ones on under 50%%; see "
                              "edge/README.md)")
     parser.add_argument("--target-agreement", type=float, metavar="A",
