@@ -14,8 +14,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="session")
-def mobilenet(standin_model):
-    from cassava.cloud.mobilenet import ensure_mobilenet
+def mobilenet():
+    from cassava.cloud.mobilenet import ensure_mobilenet  # needs the stand-in's synthetic photos, not its model
 
     return ensure_mobilenet()
 
