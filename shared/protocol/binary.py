@@ -204,7 +204,7 @@ def has_binary_inputs(request) -> bool:
 def encode_request(request) -> Tuple[bytes, int]:
     """An InferenceRequest -> (framed body, header length). Inputs with binary_data_size travel as binary (their
     data: a numpy array, or for BYTES a list of bytes); the size is recomputed here."""
-    header = request.model_dump(mode="python", exclude_none=True, exclude={"inputs"})
+    header = request.model_dump(mode="json", exclude_none=True, exclude={"inputs"})
     inputs, segments = [], []
     for request_input in request.inputs:
         if request_input.parameters is None or getattr(request_input.parameters, SIZE, None) is None:
