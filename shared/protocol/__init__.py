@@ -22,7 +22,7 @@ WIRE_FORMATS = {
     "photo": "the original files in `photos`",
     "float32": "the tutorial's FP32 `payload` in the model's pixel range",
 }
-# Measured in benchmarks/bench_client.py: over REST `binary` is ~1.5x the images/s of `compact` for 1.25x its bytes
-# (no WebP encode on the client, no WebP decode or JSON number parsing on the server). Over gRPC, MLServer turns a
-# raw uint8 tensor into a Python list, and compact's WebP bytes are ~2.5x faster, so `binary` sends those there.
+# Measured in benchmarks/bench_client.py: over REST `binary` is 1.3-1.6x the images/s of `compact` for 1.25x its bytes
+# (no WebP encode on the client, no WebP decode on the server). Over gRPC, MLServer turns a
+# raw uint8 tensor into a Python list, and compact's WebP bytes measured 2-3x faster, so `binary` sends those there.
 DEFAULT_WIRE = "binary"
