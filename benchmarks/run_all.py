@@ -36,6 +36,7 @@ MODULES = (
     ("bench_edge_throughput", "edge server images/s with 1, 2 and 4 concurrent clients"),
     ("bench_quant", "real model: plain int8 vs --target-agreement 0.99 on 150 held-out photos (agreement, size, latency)"),
     ("bench_images", "container image sizes, edge process tree RSS (native) and edge container memory (qemu)"),
+    ("bench_standin", "the stand-in's first build (fresh process, empty cache): fast ÷ v1 recipe time, accuracy"),
 )
 
 
