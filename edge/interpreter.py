@@ -26,6 +26,7 @@ import numpy as np
 
 from cassava.shared.classifier import softmax
 from cassava.shared.errors import CassavaError
+from cassava.shared.native import debugging, native_stderr_silenced
 from cassava.shared.spec import ModelSpec, apply_overrides, base_spec, check_interface, read_spec_file
 
 log = logging.getLogger(__name__)
@@ -153,8 +154,9 @@ class TFLiteClassifier:
 
     def _new_interpreter(self):
         try:
-            interpreter = self._make(model_path=str(self.path), num_threads=self.num_threads)
-            interpreter.allocate_tensors()
+            with native_stderr_silenced(not debugging()):  # LiteRT's "Created ... XNNPACK delegate" line, from C++
+                interpreter = self._make(model_path=str(self.path), num_threads=self.num_threads)
+                interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             text = str(exc)
             if "Flex delegate" in text or "Select TensorFlow op" in text:
@@ -203,7 +205,8 @@ def load_tflite_classifier(model, input_scale=None, classes=None, num_threads: O
 def _input_size(path: Path, backend: Optional[str]) -> int:
     """A bare .tflite without cassava-model.json: read H from its (first) input tensor."""
     try:
-        interpreter = interpreter_class(backend)(model_path=str(path))
+        with native_stderr_silenced(not debugging()):
+            interpreter = interpreter_class(backend)(model_path=str(path))
         shape = interpreter.get_input_details()[0]["shape"]
     except (ValueError, RuntimeError, IndexError) as exc:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__

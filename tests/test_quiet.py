@@ -1,6 +1,6 @@
-"""Quiet by default: a user's first `cassava demo` (empty cache, so it draws the photos and trains the stand-in)
-and `cassava predict` with TF Hub unreachable print no native TensorFlow/absl lines and no Keras per-epoch lines;
-`--debug` shows TensorFlow's own lines again.
+"""Quiet by default: a user's first `cassava demo` (empty cache, so it draws the photos and trains the stand-in),
+the convert/compare/serve logs it writes, and `cassava predict` with TF Hub unreachable print no native
+TensorFlow/absl/LiteRT lines and no Keras per-epoch lines; `--debug` shows TensorFlow's own lines again.
 """
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ from helpers import free_port, run_cli
 pytestmark = pytest.mark.slow
 
 # TensorFlow/absl C++ log lines (`E0000 00:00:... node_def_util.cc:...`, `I0000 ... cudart_stub.cc`), absl's
-# pre-init warning, oneDNN/CUDA notices, and Keras's per-epoch dumps (`Epoch 1/40`, `19/19 - 3s - 142ms/step`).
-NOISE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d|absl::InitializeLog|oneDNN|cuda|node_def_util|^Epoch \d+/\d+"
-                   r"|^\d+/\d+ - \d+m?s", re.IGNORECASE | re.MULTILINE)
+# pre-init warning, oneDNN/CUDA notices, LiteRT's XNNPACK notice, and Keras's per-epoch dumps (`Epoch 1/40`,
+# `19/19 - 3s - 142ms/step`).
+NOISE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d|absl::InitializeLog|oneDNN|cuda|node_def_util|XNNPACK delegate"
+                   r"|^Epoch \d+/\d+|^\d+/\d+ - \d+m?s", re.IGNORECASE | re.MULTILINE)
 
 
 def _noise(text: str) -> list:
