@@ -16,7 +16,7 @@ CLASS_IDS, PROBABILITIES, LABELS = "class_ids", "probabilities", "labels"
 # The client's wire formats: how a request carries the images (see v2.build_request).
 WIRE_FORMATS = {
     "binary": "preprocessed pixels, no text encoding: over REST raw UINT8 `pixels` in the binary data extension; "
-              "over gRPC (binary already) as compact (default)",
+              "over gRPC (binary already) as compact",
     "compact": "preprocessed pixels as lossless WebP in `photos`",
     "uint8": "preprocessed pixels as UINT8 `pixels`",
     "photo": "the original files in `photos`",
