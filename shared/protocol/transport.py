@@ -171,18 +171,23 @@ class HttpTransport:
         if response.status_code < 400:
             return response
         message = f"{url}: HTTP {response.status_code}: {_body_text(response)}"
-        if response.status_code < 500 and not _still_loading(message):
+        if response.status_code < 500 and not (response.status_code == 400 and not self.model_ready()):
             raise Rejected(message, response.status_code)
         raise Unavailable(message)
 
+    def model_ready(self, timeout: float = 2.0) -> bool:
+        """`/v2/models/NAME/ready` answers 200. MLServer answers requests to a model still loading with a 400, which
+        is a transient 503 in all but name: a 400 from a model that is not ready is retried (and fails over)."""
+        import httpx
+
+        try:
+            url = f"{self.base_url}/v2/models/{self.model_name}/ready"
+            return self._client.get(url, timeout=timeout).status_code == 200
+        except httpx.HTTPError:
+            return False
+
     def close(self):
         self._client.close()
-
-
-def _still_loading(message: str) -> bool:
-    """MLServer answers a model that is still loading with 400 "Model cassava is not ready yet.": that one is a
-    transient 503 in all but name, so it is retried like one (and fails over under --auto)."""
-    return "is not ready yet" in message
 
 
 def _body_text(response) -> str:
@@ -233,6 +238,17 @@ class GrpcTransport:
         except grpc.RpcError:
             return False
 
+    def model_ready(self, timeout: float = 2.0) -> bool:
+        """ModelReady: as HttpTransport.model_ready (a model still loading answers INVALID_ARGUMENT)."""
+        import grpc
+        from mlserver.grpc import dataplane_pb2 as pb
+
+        try:
+            request = pb.ModelReadyRequest(name=self.model_name)
+            return self._stub.ModelReady(request, timeout=timeout, metadata=self.headers).ready
+        except grpc.RpcError:
+            return False
+
     def metadata(self) -> ModelInfo:
         from mlserver.grpc import dataplane_pb2 as pb
         from mlserver.grpc.converters import ModelMetadataResponseConverter
@@ -258,7 +274,8 @@ class GrpcTransport:
         except grpc.RpcError as exc:
             code = exc.code()
             text = f"{where}: {code.name if code else 'error'}: {exc.details() or ''}".rstrip(": ")
-            if code and code.name in _REJECTED_CODES and not _still_loading(text):
+            still_loading = code == grpc.StatusCode.INVALID_ARGUMENT and not self.model_ready()
+            if code and code.name in _REJECTED_CODES and not still_loading:
                 raise Rejected(text, code.value[0]) from None
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:
                 text = f"{where}: no answer within {self.timeout:g} s"
