@@ -27,7 +27,8 @@ MODES = ("int8", "dynamic", "float16", "none")
 IO_TYPES = ("uint8", "int8", "float32")
 REPORT_FILE = "conversion-report.json"
 LOG_FILE = "converter.log"  # what TensorFlow's converter printed
-VARIANT_NAMES = {"int8": "int8", "dynamic": "dynamic-range int8 weights", "float16": "float16 weights", "none": "float32"}
+VARIANT_NAMES = {"int8": "int8", "dynamic": "dynamic-range int8 weights", "float16": "float16 weights",
+                 "none": "float32"}
 # Ops that only move between float and integer; any other op reading or writing float32 in an int8 model runs in float.
 CAST_OPS = {"QUANTIZE", "DEQUANTIZE"}
 # The refusal floor, chosen from measurements (edge/README.md): int8 copies of the real 256-px cassava CNN agreed with
@@ -38,13 +39,16 @@ DEFAULT_SAMPLES = 200
 
 
 def add_arguments(parser):
-    parser.add_argument("--model", required=True, help="TF Hub handle, SavedModel dir, or 'standin' (stand-in model, synthetic data)")
-    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for model.tflite, cassava-model.json and the report")
+    parser.add_argument("--model", required=True,
+                        help="TF Hub handle, SavedModel dir, or 'standin' (stand-in model, synthetic data)")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR",
+                        help="folder for model.tflite, cassava-model.json and the report")
     parser.add_argument("--quantize", choices=MODES, default="int8",
-                        help="int8: full-integer (needs calibration images); dynamic: int8 weights; float16: half-size weights; "
-                             "none: float32 (default int8)")
+                        help="int8: full-integer (needs calibration images); dynamic: int8 weights; "
+                             "float16: half-size weights; none: float32")
     parser.add_argument("--calibration", nargs="+", metavar="DATA",
-                        help="images calibrating int8 (folder, files, glob, standin:train); default for the stand-in: standin:train")
+                        help="images calibrating int8 (folder, files, glob, standin:train); "
+                             "default for the stand-in: standin:train")
     parser.add_argument("--samples", type=int,
                         help="calibration images (default 200; when one DATA must both calibrate and verify, at most "
                              "half of it, so that the other half verifies)")
@@ -66,8 +70,10 @@ def add_arguments(parser):
                              "fewest first) until held-out top-1 agreement reaches A, e.g. 0.99; falls back to "
                              "dynamic-range when that is the smaller copy meeting A. Reports what was kept and its "
                              "cost")
-    parser.add_argument("--input-scale", type=float, choices=(1.0, 255.0), help="model pixel range: 1 = [0,1], 255 = raw 0-255")
-    parser.add_argument("--classes", type=parse_class_list, help="class names in model output order, e.g. cbb,cbsd,cgm,cmd,healthy")
+    parser.add_argument("--input-scale", type=float, choices=(1.0, 255.0),
+                        help="model pixel range: 1 = [0,1], 255 = raw 0-255")
+    parser.add_argument("--classes", type=parse_class_list,
+                        help="class names in model output order, e.g. cbb,cbsd,cgm,cmd,healthy")
     parser.add_argument("--allow-float-fallback", action="store_true",
                         help="int8: keep ops that have no int8 kernel in float32 instead of failing")
     parser.add_argument("--select-tf-ops", action="store_true",
@@ -95,7 +101,8 @@ def check_arguments(args) -> str:
         return "float32"
     if args.quantize != "int8":
         if args.io not in (None, "float32"):
-            raise CassavaError(f"--io {args.io} needs --quantize int8 (only full-integer models have integer input and output)")
+            raise CassavaError(f"--io {args.io} needs --quantize int8 "
+                               "(only full-integer models have integer input and output)")
         if args.allow_float_fallback:
             raise CassavaError("--allow-float-fallback applies to --quantize int8 only")
         return "float32"
@@ -155,7 +162,8 @@ def plan_data(args, spec):
 
 
 def pixels_of(samples, size: int, what: str, progress: bool):
-    """Preprocess samples (the shared path); an unreadable image is reported on stderr and counted, never dropped silently."""
+    """Preprocess samples (the shared path); an unreadable image is reported on stderr and counted, never dropped
+    silently."""
     from cassava.shared.data import preprocess_samples
 
     kept, pixels, skipped = preprocess_samples(samples, [size], desc=what, progress=progress, leave=False)
@@ -175,7 +183,8 @@ def make_converter(tf, path: Path, spec, args, io: str, calibration_x, stderr=No
         converter = tf.lite.TFLiteConverter.from_saved_model(str(path), signature_keys=[spec.signature])
     else:  # a TF Hub module without a serving signature: convert its call on [N, H, W, 3] floats
         size = spec.input_size
-        function = tf.function(lambda x: loaded(x)).get_concrete_function(tf.TensorSpec([None, size, size, 3], tf.float32))
+        function = tf.function(lambda x: loaded(x)).get_concrete_function(
+            tf.TensorSpec([None, size, size, 3], tf.float32))
         converter = tf.lite.TFLiteConverter.from_concrete_functions([function], loaded)
     ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if args.quantize != "none":
@@ -211,14 +220,15 @@ def explain_failure(exc: Exception) -> str:
     if no_int8:
         return (f"full-integer int8 failed: no int8 kernel for op(s) {', '.join(no_int8)}; "
                 "--allow-float-fallback keeps them in float32")
-    flex = re.findall(r"TF Select ops: ([\w, ]+)", text) or re.findall(r"'tf\.(\w+)' op is neither a custom op nor a flex op", text)
+    flex = (re.findall(r"TF Select ops: ([\w, ]+)", text)
+            or re.findall(r"'tf\.(\w+)' op is neither a custom op nor a flex op", text))
     if flex:
         names = sorted({n.strip() for group in flex for n in group.split(",") if n.strip()})
         return (f"op(s) {', '.join(names)} are TensorFlow ops with no TFLite builtin; --select-tf-ops keeps them "
                 "(the edge then needs the Flex delegate)")
     if "Flex delegate" in text or "Select TensorFlow op" in text:
-        return ("int8 calibration runs the model in a TFLite interpreter, and none here has the Flex delegate its TF ops "
-                "need; with --select-tf-ops use --quantize dynamic, float16 or none")
+        return ("int8 calibration runs the model in a TFLite interpreter, and none here has the Flex delegate its "
+                "TF ops need; with --select-tf-ops use --quantize dynamic, float16 or none")
     first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
     return f"TFLite conversion failed ({type(exc).__name__}: {first[:300]})"
 
@@ -229,8 +239,9 @@ def describe_model(interpreter_cls, content: bytes, spec):
     inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
     if len(inputs) > 1 or len(outputs) > 1:  # name them through the signature, as the source spec does
         runner = interpreter.get_signature_runner(spec.signature)
-        inputs = [runner.get_input_details()[spec.input_key]] if spec.input_key else list(runner.get_input_details().values())
-        outputs = [runner.get_output_details()[spec.output_key]] if spec.output_key else list(runner.get_output_details().values())
+        input_details, output_details = runner.get_input_details(), runner.get_output_details()
+        inputs = [input_details[spec.input_key]] if spec.input_key else list(input_details.values())
+        outputs = [output_details[spec.output_key]] if spec.output_key else list(output_details.values())
     dtypes = {t["index"]: np.dtype(t["dtype"]) for t in interpreter.get_tensor_details()}
     ops, float_ops = [], []
     for op in interpreter._get_ops_details():
@@ -328,9 +339,10 @@ def _short(layer: str) -> str:
 
 def table(report: dict) -> str:
     v, s, io = report["verification"], report["sizes"], report["io"]
+    input_scale = (f" (input scale {io['input']['scale']:.6g}, zero point {io['input']['zero_point']})"
+                   if io['input']['scale'] else "")
     rows = [
-        ("quantize", f"{report['quantize']}, I/O {io['input']['dtype']} -> {io['output']['dtype']}"
-                     + (f" (input scale {io['input']['scale']:.6g}, zero point {io['input']['zero_point']})" if io['input']['scale'] else "")),
+        ("quantize", f"{report['quantize']}, I/O {io['input']['dtype']} -> {io['output']['dtype']}" + input_scale),
         ("calibration", f"{report['calibration']['images']} images from {report['calibration']['data']}"
                         if report["calibration"] else "none (not int8)"),
     ]
@@ -341,16 +353,21 @@ def table(report: dict) -> str:
     if v:
         verdict = "OK" if report["accepted"] else "REFUSED"
         rows.append(("top-1 agreement", f"{_interval(v)}  minimum {report['min_agreement']:.1%}  {verdict}"))
-        rows.append(("|Δ probability|", f"max {v['max_abs_diff']:.4f}, mean {v['mean_abs_diff']:.4f}" if v["max_abs_diff"] is not None
+        rows.append(("|Δ probability|", f"max {v['max_abs_diff']:.4f}, mean {v['mean_abs_diff']:.4f}"
+                     if v["max_abs_diff"] is not None
                      else f"NaN or infinite output on {v['non_finite_outputs']} images"))
         if v.get("labelled"):
-            rows.append(("top-1 vs labels", f"source {v['source_right']}/{v['labelled']}, TFLite {v['tflite_right']}/{v['labelled']}"
-                                            + (f"  ({STANDIN_NOTE})" if report["standin"] else
-                                               f"  (N={v['labelled']}: too few to quote as accuracy)" if v["labelled"] < 100 else "")))
+            caveat = (f"  ({STANDIN_NOTE})" if report["standin"] else
+                      f"  (N={v['labelled']}: too few to quote as accuracy)" if v["labelled"] < 100 else "")
+            rows.append(("top-1 vs labels",
+                         f"source {v['source_right']}/{v['labelled']}, TFLite {v['tflite_right']}/{v['labelled']}"
+                         + caveat))
     if report.get("selective"):
         rows += selective_rows(report["selective"])
-    rows.append(("size", f"source variables {_kb(s['source_variables_bytes'])} (SavedModel {_kb(s['source_saved_model_bytes'])}) "
-                         f"-> model.tflite {_kb(s['tflite_bytes'])} ({s['tflite_bytes'] / max(1, s['source_variables_bytes']):.2f}x variables)"))
+    ratio = s['tflite_bytes'] / max(1, s['source_variables_bytes'])
+    rows.append(("size", f"source variables {_kb(s['source_variables_bytes'])} "
+                         f"(SavedModel {_kb(s['source_saved_model_bytes'])}) "
+                         f"-> model.tflite {_kb(s['tflite_bytes'])} ({ratio:.2f}x variables)"))
     rows.append(("ops", _op_counts(report["ops"])))
     if report["float_ops"] and report["quantize"] == "int8":
         rows.append(("float32 ops", ", ".join(report["float_ops"])))
@@ -410,7 +427,8 @@ def run(args) -> int:
         calibration_info = {"data": data["calibration"], "images": len(kept), "skipped": skipped}
         if args.samples and len(kept) < args.samples:
             print(f"note: calibrating on {len(kept)} images (fewer than --samples {args.samples})", file=sys.stderr)
-    verify_samples, verify_pixels, verify_skipped = pixels_of(held_out, spec.input_size, "reading verification images", progress)
+    verify_samples, verify_pixels, verify_skipped = pixels_of(held_out, spec.input_size,
+                                                              "reading verification images", progress)
     data["verification_skipped"] = verify_skipped
     if data["split"]:
         print(f"note: {data['split']}", file=sys.stderr)
@@ -424,8 +442,8 @@ def run(args) -> int:
     for stale in (log_path, out / REPORT_FILE):  # a report or log left from an earlier run would describe another model
         stale.unlink(missing_ok=True)
     if args.select_tf_ops:
-        print("warning: --select-tf-ops: TensorFlow ops may be kept in the model; the edge then needs the Flex delegate, "
-              "which ai-edge-litert and tflite-runtime do not include", file=sys.stderr)
+        print("warning: --select-tf-ops: TensorFlow ops may be kept in the model; the edge then needs the Flex "
+              "delegate, which ai-edge-litert and tflite-runtime do not include", file=sys.stderr)
     try:
         with native_output_to(log_path) as stderr:
             try:
@@ -537,8 +555,8 @@ def check_and_write(args, tf, source, path: Path, content: bytes, quantize: str,
     float_only = [op for op in float_ops if op not in flex_ops]
     if quantize == "int8" and not args.allow_float_fallback and float_only and not selective:
         # TF 2.21's converter keeps such ops in float32 silently, even when told int8 only
-        raise CassavaError(f"full-integer int8 failed: no int8 kernel for op(s) {', '.join(float_only)} (they would run "
-                           "in float32); --allow-float-fallback keeps them in float32")
+        raise CassavaError(f"full-integer int8 failed: no int8 kernel for op(s) {', '.join(float_only)} "
+                           "(they would run in float32); --allow-float-fallback keeps them in float32")
     variant = VARIANT_NAMES[quantize]
     if selective and quantize == "int8":
         variant += f", {len(selective['kept_in_float32'])} layer(s) kept in float32"
@@ -557,8 +575,8 @@ def check_and_write(args, tf, source, path: Path, content: bytes, quantize: str,
         tflite_spec.save(staging)
         verification, reason = None, None
         if flex_ops:
-            reason = (f"not verified: no TFLite interpreter here has the Flex delegate for op(s) {', '.join(flex_ops)}; "
-                      "test the model where it will run")
+            reason = ("not verified: no TFLite interpreter here has the Flex delegate for op(s) "
+                      f"{', '.join(flex_ops)}; test the model where it will run")
         else:
             tflite = load_tflite_classifier(staging)
             verification = verify(held.expected, tflite, held.pixels, held.labels, list(spec.class_names),
@@ -566,7 +584,8 @@ def check_and_write(args, tf, source, path: Path, content: bytes, quantize: str,
             reason = refusal(verification, args.min_agreement, ops)
         accepted = verification is None or reason is None
         report = {
-            "model": str(args.model), "source_path": str(path), "description": tflite_spec.title, "standin": spec.standin,
+            "model": str(args.model), "source_path": str(path), "description": tflite_spec.title,
+            "standin": spec.standin,
             "out": str(out / "model.tflite"), "quantize": quantize,
             "io": {"input": tflite_spec.tflite["input"], "output": tflite_spec.tflite["output"]},
             "calibration": calibration_info, "data": data,

@@ -78,8 +78,8 @@ def model_file(model) -> Path:
     if path.is_dir():
         path = path / MODEL_FILE
     if not path.is_file():
-        raise CassavaError(f"model {model}: no such TFLite file (expected a .tflite file or a folder with {MODEL_FILE}; "
-                           "make one with `cassava convert`)")
+        raise CassavaError(f"model {model}: no such TFLite file (expected a .tflite file or a folder with "
+                           f"{MODEL_FILE}; make one with `cassava convert`)")
     return path
 
 
@@ -133,7 +133,8 @@ class TFLiteClassifier:
     """Thread-safe: `pool_size` interpreters, each used by one thread at a time."""
 
     def __init__(self, path: Path, spec: ModelSpec, num_threads: int = 1, pool_size: int = 1,
-                 input_tensor: Optional[str] = None, output_tensor: Optional[str] = None, backend: Optional[str] = None):
+                 input_tensor: Optional[str] = None, output_tensor: Optional[str] = None,
+                 backend: Optional[str] = None):
         self.path = path
         self.backend = backend or BACKEND
         self.num_threads = max(1, int(num_threads))

@@ -5,9 +5,9 @@ calibration images through a model instrumented with NumericVerify ops and gives
 against its float result. Layers are ranked by RMSE / quantization scale (how many quantization steps the error
 is; layers with no error of their own, such as pooling and reshapes, are left out), and the top k are kept in
 float32 with `QuantizationDebugOptions(denylisted_nodes=...)`, together with the error-free layers fed only by them
-(quantized between two float layers, they would only add a quantize/dequantize round trip). k grows 0, 1, 2, 4, 8, ... until the held-out
-agreement meets the target, then bisection finds a smaller k that still does (agreement is not monotonic in k, so
-this is the shortest prefix found, not a proof of the fewest layers).
+(quantized between two float layers, they would only add a quantize/dequantize round trip). k grows 0, 1, 2, 4,
+8, ... until the held-out agreement meets the target, then bisection finds a smaller k that still does (agreement
+is not monotonic in k, so this is the shortest prefix found, not a proof of the fewest layers).
 
 The copy chosen: plain int8 when it meets the target. Otherwise dynamic-range quantization (int8 weights, float
 maths) is tried too, and the smaller of it and the int8 variant with float layers that meets the target wins;

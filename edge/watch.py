@@ -28,13 +28,18 @@ TOP_K = 3
 def add_arguments(parser):
     parser.add_argument("--model", required=True, help="model.tflite or a converted dir (any MODEL works)")
     parser.add_argument("--source", required=True,
-                        help="DIR (new image files), camera:0 (a camera index) or camera:FILE (a video file, read like a camera)")
+                        help="DIR (new image files), camera:0 (a camera index) "
+                             "or camera:FILE (a video file, read like a camera)")
     parser.add_argument("--every", default="2s", help="poll the folder / take a frame this often (e.g. 500ms, 2s)")
-    parser.add_argument("--out", type=Path, default=Path("results.jsonl"), help="append one JSON line per image here")
-    parser.add_argument("--forward", metavar="URL", help="also send each photo to this cloud base URL (store-and-forward)")
+    parser.add_argument("--out", type=Path, default=Path("results.jsonl"),
+                        help="append one JSON line per image here")
+    parser.add_argument("--forward", metavar="URL",
+                        help="also send each photo to this cloud base URL (store-and-forward)")
     parser.add_argument("--frames-dir", type=Path, help="where camera frames are saved (default: <out>.frames/)")
-    parser.add_argument("--max-images", type=int, default=0, help="stop after this many new images (0 = run until stopped)")
-    parser.add_argument("--duration", type=float, default=0, help="stop after this many seconds (0 = run until stopped)")
+    parser.add_argument("--max-images", type=int, default=0,
+                        help="stop after this many new images (0 = run until stopped)")
+    parser.add_argument("--duration", type=float, default=0,
+                        help="stop after this many seconds (0 = run until stopped)")
     parser.add_argument("--num-threads", type=int, help="TFLite interpreter threads")
 
 
@@ -81,7 +86,8 @@ class ResultLog:
 
 
 def top_k(probabilities: np.ndarray, class_names, k: int = TOP_K):
-    from cassava.shared.labels import display_name, top_k as ranked
+    from cassava.shared.labels import display_name
+    from cassava.shared.labels import top_k as ranked
 
     return [{"class": name, "name": display_name(name), "probability": round(p, 6)}
             for name, p in ranked(probabilities, class_names, k)]
@@ -235,7 +241,8 @@ def run(args) -> int:
             forwarder.drain()
             pending = len(forwarder.backlog())
             if pending:
-                print(f"{pending} result(s) not yet forwarded: they stay in the backlog for the next run", file=sys.stderr)
+                print(f"{pending} result(s) not yet forwarded: they stay in the backlog for the next run",
+                      file=sys.stderr)
             forwarder.close()
         log.close()
     print(f"{new} new image(s) classified; {len(log.records)} in {args.out}", file=sys.stderr)
