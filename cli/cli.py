@@ -17,7 +17,8 @@ from cassava.shared.errors import CassavaError
 COMMANDS = {
     "predict": ("cassava.shared.client.predict", "classify images in this process or through a cloud/edge server"),
     "serve": ("cassava.shared.server.serve", "serve the model over V2 REST + gRPC with MLServer (cloud or edge tier)"),
-    "convert": ("cassava.edge.convert", "convert a model to TFLite (int8/dynamic/float16), verified against the source"),
+    "convert": ("cassava.edge.convert",
+                "convert a model to TFLite (int8/dynamic/float16), verified against the source"),
     "bundle": ("cassava.edge.bundle", "pack the edge server, its wheels and a converted model for an offline device"),
     "compare": ("cassava.shared.evaluate.compare", "accuracy comparison of the cloud model and its TFLite copies"),
     "watch": ("cassava.edge.watch", "classify camera frames or new files in a folder on the edge, offline"),
@@ -59,7 +60,8 @@ def main(argv=None) -> int:
     if not getattr(args, "run", None):
         parser.print_help()
         return 2
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.run(args) or 0)
     except CassavaError as exc:
@@ -74,7 +76,8 @@ def main(argv=None) -> int:
         if args.debug:
             raise
         first = str(exc).splitlines()[0][:300] if str(exc) else ""
-        print(f"cassava {args.command}: error: {type(exc).__name__}: {first} (run with --debug for the traceback)", file=sys.stderr)
+        print(f"cassava {args.command}: error: {type(exc).__name__}: {first} (run with --debug for the traceback)",
+              file=sys.stderr)
         return 1
 
 

@@ -37,4 +37,5 @@ def load_classifier(model: str, input_scale: Optional[float] = None, classes=Non
     from .tiers import tier_for_model
 
     tier = tier_for_model(model)
-    return tier.load_classifier(model, input_scale=input_scale, classes=classes, **(options if tier.name == "edge" else {}))
+    return tier.load_classifier(model, input_scale=input_scale, classes=classes,
+                                **(options if tier.name == "edge" else {}))

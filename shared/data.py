@@ -125,11 +125,13 @@ def tfds_samples(spec: str):
     try:
         import tensorflow_datasets as tfds
     except ImportError:
-        raise CassavaError("--data tfds:...: needs tensorflow-datasets (pip install 'cassava-cloud-edge[data]')") from None
+        raise CassavaError("--data tfds:...: needs tensorflow-datasets "
+                           "(pip install 'cassava-cloud-edge[data]')") from None
     try:
         dataset, info = tfds.load(name, split=split, with_info=True, shuffle_files=False)
     except Exception as exc:  # network errors, unknown datasets, bad splits: one line
-        raise CassavaError(f"--data tfds:{spec}: cannot load ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+        raise CassavaError(f"--data tfds:{spec}: cannot load "
+                           f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
     label_names = info.features["label"].names
     for index, example in enumerate(tfds.as_numpy(dataset)):
         file_name = example.get("image/filename", b"")

@@ -39,7 +39,8 @@ class ModelSpec:
         if self.input_size < 8:
             raise CassavaError(f"model spec: input_size {self.input_size} is too small")
         if self.input_scale not in (1.0, 255.0):
-            raise CassavaError(f"model spec: input_scale must be 1 ([0,1] floats) or 255 (raw 0-255), not {self.input_scale:g}")
+            raise CassavaError("model spec: input_scale must be 1 ([0,1] floats) or 255 (raw 0-255), "
+                               f"not {self.input_scale:g}")
         if self.outputs not in ("probabilities", "logits"):
             raise CassavaError(f"model spec: outputs must be 'probabilities' or 'logits', not {self.outputs!r}")
         if len(self.class_names) < 2:
@@ -126,7 +127,8 @@ def is_model_path(model: str) -> bool:
 def check_hub_handle(model: str) -> None:
     """Models are fetched over https only: a plain-http handle could be swapped in transit."""
     if not model.startswith("https://"):
-        raise CassavaError(f"refusing to fetch model over an insecure or unknown scheme: {model} (use an https:// TF Hub handle)")
+        raise CassavaError(f"refusing to fetch model over an insecure or unknown scheme: {model} "
+                           "(use an https:// TF Hub handle)")
 
 
 def base_spec(model: str) -> ModelSpec:
@@ -156,4 +158,5 @@ def check_interface(spec: ModelSpec, input_shape, num_outputs: int, where: str) 
     if input_shape is not None:
         dims = [d for d in list(input_shape)[1:3]]
         if all(d is not None for d in dims) and (dims[0] != spec.input_size or dims[1] != spec.input_size):
-            raise CassavaError(f"{where}: model input is {dims[0]}x{dims[1]} but the spec says {spec.input_size}x{spec.input_size}")
+            raise CassavaError(f"{where}: model input is {dims[0]}x{dims[1]} "
+                               f"but the spec says {spec.input_size}x{spec.input_size}")

@@ -28,7 +28,8 @@ class TierInfo:
         try:
             folder = Path(str(resources.files(self.package)))
         except ModuleNotFoundError:
-            raise CassavaError(f"the {self.name} tier is not installed (pip install 'cassava-cloud-edge[{self.extra}]')") from None
+            raise CassavaError(f"the {self.name} tier is not installed "
+                               f"(pip install 'cassava-cloud-edge[{self.extra}]')") from None
         if not (folder / "model-settings.json").is_file():
             raise CassavaError(f"{folder}: no model-settings.json for the {self.name} tier")
         return folder
@@ -55,7 +56,8 @@ class TierInfo:
         except ImportError as exc:
             if exc.name and exc.name.startswith("cassava"):
                 raise
-            raise CassavaError(f"the {self.name} tier needs {exc.name}: pip install 'cassava-cloud-edge[{self.extra}]'") from None
+            raise CassavaError(f"the {self.name} tier needs {exc.name}: "
+                               f"pip install 'cassava-cloud-edge[{self.extra}]'") from None
         return getattr(module, function)(model, **options)
 
 

@@ -44,7 +44,8 @@ class InProcessBackend:
         from ..classifier import predict_pixels
 
         probabilities = predict_pixels(self.classifier, pixels)
-        return Predictions(probabilities.argmax(axis=1), probabilities, self.spec.class_names, [self.tier] * len(pixels))
+        return Predictions(probabilities.argmax(axis=1), probabilities, self.spec.class_names,
+                           [self.tier] * len(pixels))
 
     def close(self):
         pass
@@ -65,8 +66,8 @@ class ServerBackend:
 
     def __init__(self, route, wire: str = DEFAULT_WIRE, input_scale=None, classes=None, tier: Optional[str] = None,
                  strict_classes: bool = False):
-        from .routing import Endpoint, SingleRoute
         from ..protocol.transport import HttpTransport
+        from .routing import Endpoint, SingleRoute
 
         if wire not in WIRE_FORMATS:
             raise CassavaError(f"--wire {wire}: choose from {', '.join(WIRE_FORMATS)}")
@@ -101,7 +102,8 @@ class ServerBackend:
         request_id = f"{self._id_prefix}-{next(self._ids)}"
         photos = None
         if self.wire == "photo":
-            photos = [original_file(s.source if s is not None else p) for s, p in zip(samples or [None] * len(pixels), pixels)]
+            photos = [original_file(s.source if s is not None else p)
+                      for s, p in zip(samples or [None] * len(pixels), pixels)]
         request = build_request(self.wire, pixels=pixels, photos=photos, input_scale=self.spec.input_scale,
                                 grpc=self.route.grpc, request_id=request_id)
         response, tier = self.route.infer(request)

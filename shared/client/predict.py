@@ -50,16 +50,20 @@ INGRESS_URL = "http://localhost:8003"  # `kubectl port-forward` to the Seldon/Is
 def add_arguments(parser):
     where = parser.add_argument_group("where the model runs (one of; default --in-process)")
     where.add_argument("--in-process", action="store_true", help="run the model in this process")
-    where.add_argument("--local", nargs="?", const=LOCAL_URL, metavar="URL", help=f"MLServer on this machine (default {LOCAL_URL})")
+    where.add_argument("--local", nargs="?", const=LOCAL_URL, metavar="URL",
+                       help=f"MLServer on this machine (default {LOCAL_URL})")
     where.add_argument("--remote", nargs="?", const="", metavar="URL",
-                       help=f"the Seldon Core ingress (default {INGRESS_URL}/seldon/NAMESPACE/DEPLOYMENT); any base URL")
+                       help=f"the Seldon Core ingress (default {INGRESS_URL}/seldon/NAMESPACE/DEPLOYMENT); "
+                            "any base URL")
     where.add_argument("--edge", nargs="?", const=EDGE_URL, metavar="URL", help=f"the edge node (default {EDGE_URL})")
     where.add_argument("--auto", action="store_true",
-                       help="the edge (--edge URL) while it is healthy, else the cloud (--cloud URL); back to the edge when it returns")
-    where.add_argument("--cloud", metavar="URL", help=f"--auto's fallback: any base URL, e.g. the remote ingress (default {LOCAL_URL})")
-    where.add_argument("--namespace", default="default", help="--remote: Seldon namespace (default: default)")
-    where.add_argument("--deployment", default="cassava", help="--remote: SeldonDeployment name (default: cassava)")
-    where.add_argument("--model-name", default=MODEL_NAME, help=f"model name on the server (default {MODEL_NAME})")
+                       help="the edge (--edge URL) while it is healthy, else the cloud (--cloud URL); "
+                            "back to the edge when it returns")
+    where.add_argument("--cloud", metavar="URL",
+                       help=f"--auto's fallback: any base URL, e.g. the remote ingress (default {LOCAL_URL})")
+    where.add_argument("--namespace", default="default", help="--remote: Seldon namespace")
+    where.add_argument("--deployment", default="cassava", help="--remote: SeldonDeployment name")
+    where.add_argument("--model-name", default=MODEL_NAME, help="model name on the server")
     parser.add_argument("--model", help="--in-process: TF Hub handle (default: CropNet), SavedModel dir, .tflite or "
                                         "converted dir, or 'standin' (offline stand-in, synthetic data)")
     parser.add_argument("--data", nargs="+", required=True, metavar="DATA",
@@ -67,21 +71,25 @@ def add_arguments(parser):
                              "'standin' (the stand-in's synthetic photos)")
     parser.add_argument("-n", type=int, help=f"classify the first N images (default: every image given; for a TFDS "
                                               f"split the first {TFDS_DEFAULT_N}, said on stderr; 0 = all)")
-    parser.add_argument("--batch-size", type=int, default=16, help="images per model call / request (default 16)")
-    parser.add_argument("--input-scale", type=float, choices=(1.0, 255.0), help="model pixel range: 1 = [0,1], 255 = raw 0-255")
-    parser.add_argument("--classes", type=parse_class_list, help="class names in model output order, e.g. cbb,cbsd,cgm,cmd,healthy")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per model call / request")
+    parser.add_argument("--input-scale", type=float, choices=(1.0, 255.0),
+                        help="model pixel range: 1 = [0,1], 255 = raw 0-255")
+    parser.add_argument("--classes", type=parse_class_list,
+                        help="class names in model output order, e.g. cbb,cbsd,cgm,cmd,healthy")
     wire = parser.add_argument_group("talking to a server")
     wire.add_argument("--wire", choices=tuple(WIRE_FORMATS),
                       help=f"default {DEFAULT_WIRE}; {REMOTE_WIRE} through --remote (the binary data extension is not "
                            "proven through Seldon's executor). "
                            + "; ".join(f"{name}: {what}" for name, what in WIRE_FORMATS.items()))
-    wire.add_argument("--grpc", action="store_true", help="gRPC instead of REST (port: the HTTP port + 1, or --grpc-url)")
+    wire.add_argument("--grpc", action="store_true",
+                      help="gRPC instead of REST (port: the HTTP port + 1, or --grpc-url)")
     wire.add_argument("--grpc-url", metavar="HOST:PORT", help="gRPC address (implies --grpc)")
-    wire.add_argument("--concurrency", type=int, default=2, help="requests in flight at once (default 2)")
-    wire.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each answer (default 30)")
+    wire.add_argument("--concurrency", type=int, default=2, help="requests in flight at once")
+    wire.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each answer")
     wire.add_argument("--retries", type=int, default=3,
-                      help="retries after a connection error or 5xx, with exponential backoff (default 3; 4xx never)")
-    wire.add_argument("--probe-interval", type=float, default=3.0, help="--auto: seconds between checks of a down edge (default 3)")
+                      help="retries after a connection error or 5xx (never after a 4xx), with exponential backoff")
+    wire.add_argument("--probe-interval", type=float, default=3.0,
+                      help="--auto: seconds between checks of a down edge")
     out = parser.add_argument_group("output")
     out.add_argument("--plot", type=Path, help="save the prediction grid (PNG) here")
     out.add_argument("--json", type=Path, help="save one record per image (JSON list) here")
@@ -92,11 +100,14 @@ def add_arguments(parser):
 def chosen_mode(args) -> str:
     """The one place the mode flags are reconciled (`--edge URL` is also --auto's preferred tier)."""
     if args.auto:
-        others = [f for f, v in (("--in-process", args.in_process), ("--local", args.local), ("--remote", args.remote)) if v is not None and v is not False]
+        others = [f for f, v in (("--in-process", args.in_process), ("--local", args.local), ("--remote", args.remote))
+                  if v is not None and v is not False]
         if others:
-            raise CassavaError(f"--auto chooses between --edge and --cloud; drop {', '.join(others)} (give the cloud as --cloud URL)")
+            raise CassavaError(f"--auto chooses between --edge and --cloud; drop {', '.join(others)} "
+                               "(give the cloud as --cloud URL)")
         return "auto"
-    given = [m for m, v in (("in-process", args.in_process), ("local", args.local), ("remote", args.remote), ("edge", args.edge))
+    given = [m for m, v in (("in-process", args.in_process), ("local", args.local), ("remote", args.remote),
+                            ("edge", args.edge))
              if v is not None and v is not False]
     if len(given) > 1:
         raise CassavaError(f"choose one of --{', --'.join(given)}")
@@ -106,7 +117,8 @@ def chosen_mode(args) -> str:
 
 
 def remote_url(url: Optional[str], namespace: str, deployment: str) -> str:
-    """A bare ingress address gets Seldon's `/seldon/<namespace>/<deployment>` prefix; a URL with a path is used as is."""
+    """A bare ingress address gets Seldon's `/seldon/<namespace>/<deployment>` prefix; a URL with a path is used
+    as is."""
     from urllib.parse import urlsplit
 
     from ..protocol.transport import check_base_url
@@ -119,11 +131,12 @@ def make_backend(args):
     mode = chosen_mode(args)
     if mode == "in-process":
         return InProcessBackend(args.model or CROPNET_HANDLE, input_scale=args.input_scale, classes=args.classes)
-    from .routing import FailoverRoute, SingleRoute, Endpoint
     from ..protocol.transport import make_transport
+    from .routing import Endpoint, FailoverRoute, SingleRoute
 
     if args.model:
-        raise CassavaError("--model is for --in-process; a server classifies with the model it serves (cassava serve --model)")
+        raise CassavaError("--model is for --in-process; a server classifies with the model it serves "
+                           "(cassava serve --model)")
     if args.timeout <= 0 or args.retries < 0 or args.probe_interval <= 0:
         raise CassavaError("--timeout and --probe-interval must be above 0, --retries 0 or more")
     grpc = bool(args.grpc or args.grpc_url)
@@ -132,7 +145,8 @@ def make_backend(args):
         if args.grpc_url:
             raise CassavaError("--auto with --grpc uses each tier's HTTP port + 1; --grpc-url names one server only")
         # A connection error on the edge is an answer in itself: fall back at once rather than retry a dead Pi.
-        edge = Endpoint("edge", make_transport(args.edge or EDGE_URL, args.model_name, grpc, **{**options, "retries": 0}))
+        edge = Endpoint("edge", make_transport(args.edge or EDGE_URL, args.model_name, grpc,
+                                               **{**options, "retries": 0}))
         cloud = Endpoint("cloud", make_transport(args.cloud or LOCAL_URL, args.model_name, grpc, **options))
         route, tier = FailoverRoute(edge, cloud, probe_interval_s=args.probe_interval), "auto"
     else:
@@ -143,7 +157,8 @@ def make_backend(args):
         else:
             url = args.local if mode == "local" else args.edge
         tier = "edge" if mode == "edge" else "cloud"
-        route = SingleRoute(Endpoint(tier, make_transport(url, args.model_name, grpc, args.grpc_url, headers, **options)))
+        transport = make_transport(url, args.model_name, grpc, args.grpc_url, headers, **options)
+        route = SingleRoute(Endpoint(tier, transport))
     try:
         wire = args.wire or (REMOTE_WIRE if mode == "remote" else DEFAULT_WIRE)
         return ServerBackend(route, wire=wire, input_scale=args.input_scale, classes=args.classes, tier=tier)
@@ -186,7 +201,8 @@ def classify_chunk(backend, chunk: List[Sample], size: int):
         else:
             latency_ms = (time.perf_counter() - started) * 1000.0 / len(good)
             names = answer.class_names
-            for sample, image, best, probs, tier in zip(good, batch, answer.class_ids, answer.probabilities, answer.tiers):
+            for sample, image, best, probs, tier in zip(good, batch, answer.class_ids, answer.probabilities,
+                                                        answer.tiers):
                 results[id(sample)] = (image, {
                     "file": sample.name, "label": sample.label, "prediction": names[best],
                     "probability": round(float(probs[best]), 6), "tier": tier, "latency_ms": round(latency_ms, 3),

@@ -50,8 +50,8 @@ class SingleRoute:
 class FailoverRoute:
     """Prefer one tier (the edge); fall back to the other (the cloud) while it is down; return when it is back."""
 
-    def __init__(self, preferred: Endpoint, fallback: Endpoint, probe_interval_s: float = 3.0, probe_timeout_s: float = 1.0,
-                 say: Callable[[str], None] = say):
+    def __init__(self, preferred: Endpoint, fallback: Endpoint, probe_interval_s: float = 3.0,
+                 probe_timeout_s: float = 1.0, say: Callable[[str], None] = say):
         if preferred.transport.grpc != fallback.transport.grpc:
             raise CassavaError("--auto: both tiers must use the same protocol (REST or gRPC)")
         self.preferred, self.fallback = preferred, fallback
@@ -80,7 +80,8 @@ class FailoverRoute:
             try:
                 return second.transport.metadata()
             except Unavailable as second_error:
-                raise Unavailable(f"no tier answers: {first.name}: {first_error}; {second.name}: {second_error}") from None
+                raise Unavailable(f"no tier answers: {first.name}: {first_error}; "
+                                  f"{second.name}: {second_error}") from None
 
     def infer(self, request: InferenceRequest):
         first, second = self._order()

@@ -33,29 +33,31 @@ CLOUD_NAME = "cloud TF"
 
 def add_arguments(parser):
     parser.add_argument("--cloud-model", default=CROPNET_HANDLE,
-                        help="the reference: TF Hub handle (default: CropNet), SavedModel dir, or 'standin'")
+                        help="the reference: TF Hub handle, SavedModel dir, or 'standin'")
     parser.add_argument("--edge-model", action="append", metavar="DIR_OR_TFLITE",
-                        help="a TFLite copy (.tflite or a `cassava convert` folder); repeat for several. Default: convert "
-                             "the cloud model to " + ", ".join(DEFAULT_VARIANTS) + " in OUT/edge-models/")
+                        help="a TFLite copy (.tflite or a `cassava convert` folder); repeat for several. "
+                             "Default: convert the cloud model to " + ", ".join(DEFAULT_VARIANTS)
+                             + " in OUT/edge-models/")
     parser.add_argument("--data", nargs="+", required=True, metavar="DATA",
                         help="labelled images: a folder with one sub-folder per class, tfds:cassava/validation, or "
                              "'standin' (the stand-in's synthetic validation photos)")
-    parser.add_argument("--out", type=Path, default=Path("out/compare"), help="report folder (default out/compare)")
-    parser.add_argument("-n", type=int, default=0, help="use the first N images (default 0 = all)")
+    parser.add_argument("--out", type=Path, default=Path("out/compare"), help="report folder")
+    parser.add_argument("-n", type=int, default=0, help="use the first N images (0 = all)")
     parser.add_argument("--input-scale", type=float, choices=(1.0, 255.0),
                         help="the cloud model's pixel range: 1 = [0,1], 255 = raw 0-255")
-    parser.add_argument("--classes", type=parse_class_list, help="class names in model output order, e.g. cbb,cbsd,cgm,cmd,healthy")
+    parser.add_argument("--classes", type=parse_class_list,
+                        help="class names in model output order, e.g. cbb,cbsd,cgm,cmd,healthy")
     parser.add_argument("--calibration", nargs="+", metavar="DATA",
                         help="images that calibrate the int8 conversion when no --edge-model is given "
                              "(default: the stand-in's synthetic train split for the stand-in; otherwise the first "
                              "half of the evaluation images, which the report flags loudly)")
     parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
-                        help="variants to convert when no --edge-model is given (default int8,dynamic,float16)")
+                        help="variants to convert when no --edge-model is given")
     parser.add_argument("--via", metavar="NAME=URL[,NAME=URL]",
                         help="compare running servers instead of in-process models, e.g. local=http://127.0.0.1:8080,"
                              "edge=http://127.0.0.1:9080 (the first is the reference)")
     parser.add_argument("--latency-images", type=int, default=40,
-                        help="images timed one at a time per model and thread count (default 40)")
+                        help="images timed one at a time per model and thread count")
     parser.add_argument("--batch-size", type=int, default=16, help="images per model call for the accuracy pass")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -112,7 +114,8 @@ def load_cloud(args) -> Entry:
     overrides = {"input_scale": args.input_scale, "classes": args.classes}
     if model_kind(model) == "tflite":
         classifier = load_classifier(model, num_threads=os.cpu_count(), **overrides)
-        return Entry(CLOUD_NAME.replace("TF", "TFLite"), model, "TFLite", "tflite", classifier, disk_size(model), overrides)
+        return Entry(CLOUD_NAME.replace("TF", "TFLite"), model, "TFLite", "tflite", classifier, disk_size(model),
+                     overrides)
     classifier = load_classifier(model, **overrides)
     from cassava.cloud.model import resolve_model_path
 
@@ -125,7 +128,8 @@ def edge_overrides(path: str, cloud: Entry) -> dict:
     if not Path(path).exists():
         raise CassavaError(f"--edge-model {path}: no such file or folder")
     if model_kind(path) != "tflite":
-        raise CassavaError(f"--edge-model {path}: not a .tflite file or a folder with model.tflite (run `cassava convert`)")
+        raise CassavaError(f"--edge-model {path}: not a .tflite file or a folder with model.tflite "
+                           "(run `cassava convert`)")
     if read_spec_file(path) is None:
         return {"input_scale": cloud.spec.input_scale, "classes": cloud.spec.class_names}
     return {}
@@ -173,7 +177,8 @@ def conversion_plan(args) -> Dict[str, List[str]]:
         elif variant == "int8" and not standin:
             total = len(load_samples(args.data))
             if total < 2:
-                raise CassavaError("int8 needs calibration images: pass --calibration DATA (or --variants dynamic,float16)")
+                raise CassavaError("int8 needs calibration images: pass --calibration DATA "
+                                   "(or --variants dynamic,float16)")
             extra += ["--calibration", *args.data, "--samples", str(min(200, total // 2))]
         elif variant != "int8":
             extra += verify
@@ -204,7 +209,7 @@ def convert_variants(args, out_dir: Path, progress: bool) -> List[str]:
             print(f"converting {args.cloud_model} -> {target} ({variant}) ...", file=sys.stderr, flush=True)
         result = subprocess.run([sys.executable, "-m", "cassava", "convert", *command], capture_output=True, text=True)
         if result.returncode != 0:
-            lines = [l for l in result.stderr.strip().splitlines() if l.startswith("cassava convert")] or \
+            lines = [line for line in result.stderr.strip().splitlines() if line.startswith("cassava convert")] or \
                 result.stderr.strip().splitlines() or ["no output"]
             raise CassavaError(f"converting the cloud model to {variant} failed: {lines[-1][:400]}")
         stamp_file.write_text(json.dumps(stamp, indent=2) + "\n")
@@ -419,7 +424,8 @@ def compare(args) -> Dict:
     samples = load_samples(args.data, args.n or None)
     labelled = [s for s in samples if s.label is not None]
     if not labelled:
-        raise CassavaError(f"--data {describe(args.data)}: no labelled images (give a folder with one sub-folder per class)")
+        raise CassavaError(f"--data {describe(args.data)}: no labelled images "
+                           "(give a folder with one sub-folder per class)")
     notes = []
     if len(labelled) < len(samples):
         notes.append(f"{len(samples) - len(labelled)} unlabelled image(s) ignored.")
@@ -441,12 +447,13 @@ def compare(args) -> Dict:
     class_names = tuple(cloud.spec.class_names)
     for entry in entries[1:]:
         if tuple(entry.spec.class_names) != class_names:
-            raise CassavaError(f"{entry.name} ({entry.path}) has classes {','.join(entry.spec.class_names)} but the cloud "
-                               f"model has {','.join(class_names)}: not copies of the same model")
+            raise CassavaError(f"{entry.name} ({entry.path}) has classes {','.join(entry.spec.class_names)} but the "
+                               f"cloud model has {','.join(class_names)}: not copies of the same model")
     extra_labels = sorted({s.label for s in labelled} - set(class_names))
     all_classes = list(class_names) + extra_labels  # a label the models cannot output is always wrong
     if extra_labels:
-        notes.append(f"label(s) {', '.join(extra_labels)} are not among the models' classes: those images count as wrong.")
+        notes.append(f"label(s) {', '.join(extra_labels)} are not among the models' classes: "
+                     "those images count as wrong.")
 
     sizes = sorted({e.spec.input_size for e in entries})
     kept, pixels, skipped = preprocess_samples(labelled, sizes, progress=progress)
@@ -480,21 +487,25 @@ def compare(args) -> Dict:
     for result, scores in zip(results, score(y_true, probs_by_name, cloud.name, all_classes)):
         result.update(scores)
 
-    standin = bool(cloud.spec.standin or is_standin_data(args.data) or (model_kind(args.cloud_model) == "standin" and not args.via))
+    standin = bool(cloud.spec.standin or is_standin_data(args.data)
+                   or (model_kind(args.cloud_model) == "standin" and not args.via))
     title = (f"V2 servers {', '.join(e.name for e in entries)}" if args.via
              else f"{cloud.spec.title}: cloud TF vs edge TFLite")
     if standin and STANDIN_NOTE not in title:
         title += f" ({STANDIN_NOTE})"
     cores = os.cpu_count() or 1
     return {
-        "title": title, "standin": standin, "cloud_model": cloud.path if args.via else args.cloud_model, "reference": cloud.name,
+        "title": title, "standin": standin, "cloud_model": cloud.path if args.via else args.cloud_model,
+        "reference": cloud.name,
         "data": describe(args.data), "n": n, "class_names": all_classes,
         "small_n_warning": small_n_warning(n, results[0]["accuracy_ci95"]),
         "preprocessing": ("each image decoded and resized once (bilinear, as tf.image.resize) to uint8 "
                           f"{'/'.join(f'{s}x{s}' for s in sizes)}; every model got the same pixels, scaled to its own "
                           "input range"),
-        "calibration": calibration_text or ("n/a (servers)" if args.via else "unknown (no conversion-report.json beside "
-                                            "the int8 model)" if any("int8" in e.name for e in entries) else None),
+        "calibration": calibration_text or (
+            "n/a (servers)" if args.via
+            else "unknown (no conversion-report.json beside the int8 model)" if any("int8" in e.name for e in entries)
+            else None),
         "via": via_text, "threads_all": cores, "notes": notes,
         "throughput_note": (f"images per second over the whole accuracy pass in batches of {args.batch_size} "
                             + ("per HTTP request, the servers' own threads (after one warm-up request)" if args.via else
@@ -505,7 +516,8 @@ def compare(args) -> Dict:
         "models": results,
         "predictions": [
             {"file": s.name, "label": s.label,
-             "predictions": {name: class_names[int(p.argmax())] for name, p in ((k, v[i]) for k, v in probs_by_name.items())}}
+             "predictions": {name: class_names[int(p.argmax())]
+                             for name, p in ((k, v[i]) for k, v in probs_by_name.items())}}
             for i, s in enumerate(kept)
         ],
     }

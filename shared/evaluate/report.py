@@ -1,8 +1,8 @@
 """Write a cloud-vs-edge comparison as report.md, report.json and PNG figures.
 
-The input is the plain dict `cassava.shared.evaluate.compare` builds (also what lands in report.json); nothing here runs a
-model. Every page and figure names the models and the data, and stand-in results say "stand-in model, synthetic
-data" at the top of the page and in every figure title.
+The input is the plain dict `cassava.shared.evaluate.compare` builds (also what lands in report.json); nothing here
+runs a model. Every page and figure names the models and the data, and stand-in results say "stand-in model,
+synthetic data" at the top of the page and in every figure title.
 """
 from __future__ import annotations
 
@@ -181,7 +181,8 @@ def render_markdown(result: Dict, figures: Dict[str, str]) -> str:
 
     lines += ["## Per-class precision and recall", "",
               "Precision = of the images the model called this class, the share that were; recall = of the images of "
-              "this class, the share the model found. `—` where undefined (0/0). Support = labelled images of the class.",
+              "this class, the share the model found. `—` where undefined (0/0). "
+              "Support = labelled images of the class.",
               ""]
     names = [m["name"] for m in models]
     header = ["class", "support"] + [f"{name} P / R" for name in names]

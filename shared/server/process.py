@@ -67,7 +67,8 @@ class ServerProcess:
     """A command that serves HTTP, in its own process group, its output in `log_path`, ready when `ready_url`
     answers 200. Use as a context manager, or start() / stop()."""
 
-    def __init__(self, command: Sequence[str], ready_url: str, log_path, env: Optional[dict] = None, name: str = "server"):
+    def __init__(self, command: Sequence[str], ready_url: str, log_path, env: Optional[dict] = None,
+                 name: str = "server"):
         self.command = [str(part) for part in command]
         self.ready_url = ready_url
         self.log_path = Path(log_path)
@@ -88,8 +89,8 @@ class ServerProcess:
         """Start without waiting (wait_ready() later: several servers can start at once)."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            env=self.env, start_new_session=True)
+            self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, env=self.env, start_new_session=True)
         return self
 
     def wait_ready(self, timeout: Optional[float] = 120.0) -> "ServerProcess":
@@ -126,7 +127,8 @@ class ServerProcess:
 def mlserver_command(folder) -> list:
     """`mlserver start FOLDER` with the mlserver installed beside this Python, whatever PATH says."""
     script = Path(sys.executable).parent / "mlserver"
-    command = [str(script)] if script.is_file() else [sys.executable, "-c", "from mlserver.cli.main import main; main()"]
+    command = ([str(script)] if script.is_file()
+               else [sys.executable, "-c", "from mlserver.cli.main import main; main()"])
     return command + ["start", str(folder)]
 
 

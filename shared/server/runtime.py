@@ -22,14 +22,21 @@ from mlserver.grpc.utils import STATUS_CODE_MAPPING
 from mlserver.types import InferenceRequest, InferenceResponse, MetadataModelResponse, Parameters
 from prometheus_client import REGISTRY, Counter, Histogram
 
-from .batching import MicroBatcher
 from ..classifier import Classifier
 from ..errors import CassavaError
 from ..labels import parse_class_list
+from ..protocol.v2 import (
+    DEFAULT_MAX_REQUEST_IMAGES,
+    BadRequest,
+    build_response,
+    check_request,
+    decode_input,
+    metadata_inputs,
+    metadata_outputs,
+)
 from ..spec import is_model_path
-from ..protocol.v2 import (DEFAULT_MAX_REQUEST_IMAGES, BadRequest, build_response, check_request, decode_input,
-                           metadata_inputs, metadata_outputs)
 from . import rest
+from .batching import MicroBatcher
 from .process import LOAD_FAILURE_ENV
 
 log = logging.getLogger("cassava.runtime")
@@ -47,7 +54,8 @@ def _metrics():
     Registered in prometheus' default registry, which MLServer's metrics endpoint serves."""
     if not _METRICS:
         _METRICS["predictions"] = Counter(
-            "cassava_predictions", "Images classified, by predicted class", ["model_name", "tier", "class_name"], registry=REGISTRY)
+            "cassava_predictions", "Images classified, by predicted class", ["model_name", "tier", "class_name"],
+            registry=REGISTRY)
         _METRICS["batch_images"] = Histogram(
             "cassava_batch_images", "Images per model call after micro-batching", ["model_name", "tier"],
             buckets=(1, 2, 4, 8, 16, 32, 64), registry=REGISTRY)
