@@ -161,7 +161,14 @@ def ensure_standin() -> Path:
 
 def build_standin(target: Path, recipe: str = DEFAULT_RECIPE) -> dict:
     """Draw the synthetic photos (once per cache), train, export and describe the stand-in at target."""
-    ensure_dataset(standin_dir() / "data")
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cassava.shared.native import import_tensorflow
+
+    with ThreadPoolExecutor(1) as pool:  # the photos are drawn in child processes: import TensorFlow meanwhile
+        drawing = pool.submit(ensure_dataset, standin_dir() / "data")
+        import_tensorflow()
+        drawing.result()
     staging = target.with_name(target.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     stats = train(staging, recipe)

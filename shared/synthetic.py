@@ -11,6 +11,7 @@ These are drawings, not cassava photos: anything measured on them says "stand-in
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -50,6 +51,14 @@ def _veins(u, v, major, rng):
     return midrib | lateral, spacing
 
 
+@functools.lru_cache(maxsize=4)
+def _grid(size):
+    """Row and column coordinates as float32 [size, size] (read-only: shared by every drawing)."""
+    grid = np.mgrid[0:size, 0:size].astype(np.float32)
+    grid.flags.writeable = False
+    return grid[0], grid[1]
+
+
 def _with_noise(image, rng, sigma):
     """clip(image + N(0, sigma)) as uint8, summed into the noise array: the same values with fewer temporaries."""
     noisy = rng.normal(0, sigma, image.shape)
@@ -59,7 +68,7 @@ def _with_noise(image, rng, sigma):
 
 def draw_leaf(rng: np.random.Generator, cls: str, size: int = 224) -> np.ndarray:
     """One synthetic photo of class `cls` as uint8 RGB [size, size, 3]."""
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    yy, xx = _grid(size)
     image = _background(rng, size)
     if cls == "unknown":
         sky = yy < rng.uniform(0, size * 0.6)
@@ -76,7 +85,7 @@ def draw_leaf(rng: np.random.Generator, cls: str, size: int = 224) -> np.ndarray
     leaf[:] = green
     leaf += (_smooth_noise(rng, size, 5)[..., None] - 0.5) * 25
     veins, spacing = _veins(u, v, major, rng)
-    leaf[veins] += np.array([35, 40, 25], np.float32)
+    np.add(leaf, np.array([35, 40, 25], np.float32), out=leaf, where=veins[..., None])  # = leaf[veins] += ...
 
     if cls == "cmd":  # mosaic: blotchy yellow patches, irregular
         mottle = _smooth_noise(rng, size, rng.integers(9, 14))
@@ -99,7 +108,7 @@ def draw_leaf(rng: np.random.Generator, cls: str, size: int = 224) -> np.ndarray
         margin = ((u / major) ** 2 + (v / minor) ** 2 > rng.uniform(0.6, 0.75))
         leaf[margin] = leaf[margin] * 0.3 + np.array([120, 80, 35], np.float32) * 0.7
 
-    image[mask] = leaf[mask]
+    np.copyto(image, leaf, where=mask[..., None])  # = image[mask] = leaf[mask], without the gather
     image *= rng.uniform(0.8, 1.15)  # exposure
     return _with_noise(image, rng, 3)
 
