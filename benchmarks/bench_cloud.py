@@ -102,7 +102,8 @@ def rest_sender(url: str, body: bytes):
     client = httpx.Client(timeout=600)
 
     def send():
-        response = client.post(f"{url}/v2/models/cassava/infer", content=body, headers={"content-type": "application/json"})
+        response = client.post(f"{url}/v2/models/cassava/infer", content=body,
+                               headers={"content-type": "application/json"})
         response.raise_for_status()
         return InferenceResponse.model_validate_json(response.content)
 
@@ -148,12 +149,14 @@ def served_rate(send, duration: float) -> float:
 
 
 def cropnet_interface_bytes(photos) -> dict:
-    """Bytes per image of the tutorial's float JSON and of the compact default for CropNet's own input (224 px, [0, 1])."""
+    """Bytes per image of the tutorial's float JSON and of the compact default for CropNet's own input
+    (224 px, [0, 1])."""
     from cassava.shared.preprocess import preprocess
     from cassava.shared.protocol.v2 import build_request
 
     pixels = np.stack([preprocess(p, 224) for p in photos])
-    return {wire: len(build_request(wire, pixels=pixels, input_scale=1.0).model_dump_json(exclude_none=True)) / len(photos)
+    return {wire: len(build_request(wire, pixels=pixels, input_scale=1.0).model_dump_json(exclude_none=True))
+            / len(photos)
             for wire in ("float32", "compact")}
 
 
@@ -171,7 +174,8 @@ def main() -> dict:
     x = to_model_input(np.stack([preprocess(p, spec.input_size) for p in photos]), spec.input_scale)
     expected = classifier.predict(x).argmax(1).tolist()
     print(f"cloud serving benchmark: {what}")
-    print(f"batch {BATCH}, {CONCURRENCY} requests in flight, {duration:g} s per row; MLServer with the shipped cloud settings")
+    print(f"batch {BATCH}, {CONCURRENCY} requests in flight, {duration:g} s per row; "
+          "MLServer with the shipped cloud settings")
 
     server = tier_server("cloud", model, extra=extra).start(timeout=600)
     rows, rates = [], []
@@ -186,8 +190,9 @@ def main() -> dict:
                                          f"in-process {expected}")
                 if not rates:
                     rates.append(in_process_rate(classifier, x, duration / 2))
-                rows.append({"wire": wire, "transport": "gRPC" if over_grpc else "REST", "kb_per_image": size / BATCH / 1000,
-                             "client_ms_per_image": client_s * 1000 / BATCH, "images_per_s": served_rate(send, duration)})
+                rows.append({"wire": wire, "transport": "gRPC" if over_grpc else "REST",
+                             "kb_per_image": size / BATCH / 1000, "client_ms_per_image": client_s * 1000 / BATCH,
+                             "images_per_s": served_rate(send, duration)})
                 rates.append(in_process_rate(classifier, x, duration / 2))
                 rows[-1]["in_process_images_per_s"] = (rates[-2] + rates[-1]) / 2
                 rows[-1]["efficiency"] = rows[-1]["images_per_s"] / rows[-1]["in_process_images_per_s"]
@@ -208,7 +213,8 @@ def main() -> dict:
             {"name": f"serving efficiency, MLServer ÷ in-process at batch {BATCH} ({DEFAULT_WIRE}, REST)",
              "value": default["efficiency"], "target": TARGET_EFFICIENCY, "better": "higher", "unit": "×",
              "note": f"{default['images_per_s']:.0f} vs {default['in_process_images_per_s']:.0f} img/s"
-                     + ("" if model != "standin" else "; stand-in: its tiny model call leaves only overhead to measure")},
+                     + ("" if model != "standin"
+                        else "; stand-in: its tiny model call leaves only overhead to measure")},
         ],
     }
     print(table(result))
@@ -221,16 +227,18 @@ def table(result: dict) -> str:
     lines = [header, "-" * len(header)]
     for row in result["rows"]:
         mark = "  <- client default" if row["wire"] == DEFAULT_WIRE and row["transport"] == "REST" else ""
-        lines.append(f"{row['wire']:<9} {row['transport']:<9} {row['kb_per_image']:>9,.1f} {row['client_ms_per_image']:>14.1f} "
-                     f"{row['images_per_s']:>9.1f} {row['in_process_images_per_s']:>11.1f} {row['efficiency']:>11.2f}{mark}")
+        lines.append(f"{row['wire']:<9} {row['transport']:<9} {row['kb_per_image']:>9,.1f} "
+                     f"{row['client_ms_per_image']:>14.1f} {row['images_per_s']:>9.1f} "
+                     f"{row['in_process_images_per_s']:>11.1f} {row['efficiency']:>11.2f}{mark}")
     runs = result["in_process_runs"]
-    lines.append(f"in-process images/s at batch {result['batch']}: {min(runs):.1f} to {max(runs):.1f} over {len(runs)} runs between the "
-                 "rows; efficiency = images/s ÷ the mean of the runs just before and after the row")
+    lines.append(f"in-process images/s at batch {result['batch']}: {min(runs):.1f} to {max(runs):.1f} "
+                 f"over {len(runs)} runs between the rows; "
+                 "efficiency = images/s ÷ the mean of the runs just before and after the row")
     cropnet = result["cropnet_interface_kb_per_image"]
     lines.append(f"CropNet's own input (224 px, [0, 1]) as REST JSON: float32 {cropnet['float32']:,.0f} KB/img, "
                  f"compact {cropnet['compact']:,.1f} KB/img")
-    lines.append("KB/img: the request as sent (REST: JSON body; gRPC: protobuf message) ÷ 16; client ms/img: photo file to "
-                 "request bytes (decode, resize, encode)")
+    lines.append("KB/img: the request as sent (REST: JSON body; gRPC: protobuf message) ÷ 16; "
+                 "client ms/img: photo file to request bytes (decode, resize, encode)")
     return "\n".join(lines)
 
 

@@ -34,7 +34,8 @@ MODULES = (
     ("bench_edge", "edge vs cloud: latency, size, RSS, cold start"),
     ("bench_client", "end to end: the client's default wire format vs the tutorial's float JSON"),
     ("bench_edge_throughput", "edge server images/s with 1, 2 and 4 concurrent clients"),
-    ("bench_quant", "real model: plain int8 vs --target-agreement 0.99 on 150 held-out photos (agreement, size, latency)"),
+    ("bench_quant",
+     "real model: plain int8 vs --target-agreement 0.99 on 150 held-out photos (agreement, size, latency)"),
     ("bench_images", "container image sizes, edge process tree RSS (native) and edge container memory (qemu)"),
     ("bench_standin", "the stand-in's first build (fresh process, empty cache): fast ÷ v1 recipe time, accuracy"),
 )
@@ -157,7 +158,8 @@ def table_rows(results: Dict[str, Dict]) -> List[List[str]]:
         if outcome is None:
             continue
         if outcome["status"] != "ok":
-            rows.append([name, outcome["status"] + (f": {outcome['reason']}" if outcome.get("reason") else ""), "—", "—", "—"])
+            status = outcome["status"] + (f": {outcome['reason']}" if outcome.get("reason") else "")
+            rows.append([name, status, "—", "—", "—"])
             continue
         ratios = find_ratios(outcome["result"] or {})
         if not ratios:
@@ -204,7 +206,8 @@ def render_markdown(rows, results, machine: str, date: str) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", action="append", metavar="MODULE", help="run only this module (repeatable)")
-    parser.add_argument("--out", type=Path, default=HERE / "latest.md", help="markdown results (default benchmarks/latest.md)")
+    parser.add_argument("--out", type=Path, default=HERE / "latest.md",
+                        help="markdown results (default benchmarks/latest.md)")
     args = parser.parse_args(argv)
     names = [n for n, _ in MODULES]
     unknown = [n for n in args.only or [] if n not in names]
