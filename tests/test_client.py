@@ -17,10 +17,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from helpers import REPO, MLServer, free_port, run_cli, stop_process_group, wait_ready
 
 from cassava.shared.data import load_samples
 from cassava.shared.labels import CROPNET_CLASSES
-from helpers import REPO, MLServer, free_port, run_cli, stop_process_group, wait_ready
 
 pytestmark = pytest.mark.slow
 STANDIN_NOTE = "stand-in model, synthetic data"
@@ -170,7 +170,7 @@ def test_local_cli_classifies_plots_and_records_every_image(cloud, tmp_path):
 def test_every_wire_format_and_grpc_give_the_same_answers(cloud):
     from cassava.shared.client.backends import ServerBackend
     from cassava.shared.client.predict import classify_samples
-    from cassava.shared.client.routing import SingleRoute, Endpoint
+    from cassava.shared.client.routing import Endpoint, SingleRoute
     from cassava.shared.protocol.transport import make_transport
 
     samples = load_samples("standin", 12)
@@ -201,7 +201,8 @@ def test_one_image_over_grpc_prints_its_top_three_classes(cloud):
     lines = result.stdout.splitlines()
     assert lines[0].startswith(leaf) and "ms, cloud)" in lines[0]
     assert [line.split(".")[0].strip() for line in lines[1:4]] == ["1", "2", "3"]
-    assert any(name in result.stdout for name in ("Bacterial Blight", "Brown Streak Disease", "Green Mite", "Mosaic Disease"))
+    assert any(name in result.stdout
+               for name in ("Bacterial Blight", "Brown Streak Disease", "Green Mite", "Mosaic Disease"))
 
 
 def test_a_4xx_is_not_retried_and_each_record_carries_the_message(cloud, tmp_path):
@@ -212,7 +213,8 @@ def test_a_4xx_is_not_retried_and_each_record_carries_the_message(cloud, tmp_pat
     assert result.returncode == 1, result.stdout + result.stderr
     records = _records(tmp_path / "p.json")
     assert [r["file"] for r in records] == _expected_files(8)
-    assert all(r["prediction"] is None and "HTTP 400" in r["error"] and "values outside [0, 1]" in r["error"] for r in records)
+    assert all(r["prediction"] is None and "HTTP 400" in r["error"] and "values outside [0, 1]" in r["error"]
+               for r in records)
     assert "8 failed" in result.stdout
     assert _infer_answers(cloud, "400") - before == 2, "each of the 2 requests must be sent exactly once"
 
@@ -282,7 +284,8 @@ def test_remote_through_the_ingress_survives_a_replica_killed_mid_run(standin_mo
         assert all(r["prediction"] and r["tier"] == "cloud" for r in records)
         after_kill = ingress.infer_lines()[lines_at_kill[0]:]
         survivor = f"127.0.0.1:{replicas[1].http_port}"
-        answered = [line for line in after_kill if " 200 " in line and line.split("upstream=")[1].split()[0].endswith(survivor)]
+        answered = [line for line in after_kill
+                    if " 200 " in line and line.split("upstream=")[1].split()[0].endswith(survivor)]
         assert answered, "no request was answered by the surviving replica after the kill:\n" + "\n".join(after_kill)
         assert len(ingress.infer_lines()) >= n // 4
 
@@ -337,14 +340,15 @@ def test_auto_falls_back_to_the_cloud_when_the_edge_dies_mid_run(doomed_edge, cl
 def test_auto_goes_back_to_the_edge_when_it_returns(doomed_edge, cloud):
     from cassava.shared.client.backends import ServerBackend
     from cassava.shared.client.predict import classify_samples
-    from cassava.shared.client.routing import FailoverRoute, Endpoint
+    from cassava.shared.client.routing import Endpoint, FailoverRoute
     from cassava.shared.protocol.transport import HttpTransport
 
     edge = doomed_edge
     edge.kill()  # a Pi that lost power
     said = []
     route = FailoverRoute(Endpoint("edge", HttpTransport(edge.url, retries=0, timeout=10)),
-                          Endpoint("cloud", HttpTransport(cloud.url, timeout=60)), probe_interval_s=0.5, say=said.append)
+                          Endpoint("cloud", HttpTransport(cloud.url, timeout=60)), probe_interval_s=0.5,
+                          say=said.append)
     backend = ServerBackend(route)
     samples = load_samples("standin", 8)
     try:

@@ -16,7 +16,6 @@ import grpc
 import httpx
 import numpy as np
 import pytest
-
 from helpers import REAL_CLASSES, REPO, MLServer
 
 pytestmark = pytest.mark.slow
@@ -219,7 +218,8 @@ def test_concurrent_requests_are_batched(cloud, standin_reference):
 
         def one(index):
             try:
-                answers[index] = _infer(cloud, "photos", pixels[index:index + 1], photos[index:index + 1], 1.0, False)[0][0]
+                answers[index] = _infer(cloud, "photos", pixels[index:index + 1], photos[index:index + 1],
+                                        1.0, False)[0][0]
             except Exception as exc:  # noqa: BLE001 - reported below
                 errors.append(repr(exc))
 
@@ -230,8 +230,10 @@ def test_concurrent_requests_are_batched(cloud, standin_reference):
             thread.join(120)
         assert not errors and [answers[i] for i in range(len(pixels))] == expected.tolist()
         after = _metrics(cloud)
-        images = _metric(after, "cassava_batch_images_sum", **labels) - _metric(before, "cassava_batch_images_sum", **labels)
-        batches = _metric(after, "cassava_batch_images_count", **labels) - _metric(before, "cassava_batch_images_count", **labels)
+        images = (_metric(after, "cassava_batch_images_sum", **labels)
+                  - _metric(before, "cassava_batch_images_sum", **labels))
+        batches = (_metric(after, "cassava_batch_images_count", **labels)
+                   - _metric(before, "cassava_batch_images_count", **labels))
         singles = (_metric(after, "cassava_batch_images_bucket", le="1.0", **labels)
                    - _metric(before, "cassava_batch_images_bucket", le="1.0", **labels))
         over_max = batches - (_metric(after, "cassava_batch_images_bucket", le="16.0", **labels)
@@ -281,19 +283,22 @@ def _bad_requests():
     return [
         ("wrong size", body(build_request("uint8", pixels=np.zeros((1, 100, 100, 3), np.uint8))), 400,
          "expected images of [224, 224, 3]"),
-        ("rank 3", {"inputs": [{"name": "pixels", "datatype": "UINT8", "shape": [1, 224, 224], "data": [0] * 10}]}, 400, "rank 4"),
+        ("rank 3", {"inputs": [{"name": "pixels", "datatype": "UINT8", "shape": [1, 224, 224], "data": [0] * 10}]},
+         400, "rank 4"),
         ("raw 0-255 floats to a [0, 1] model", raw_range, 400, "values outside [0, 1]"),
         ("NaN", nan, 400, "NaN"),
         ("fewer values than the shape", short, 400, "does not match shape [2, 224, 224, 3]"),
         ("corrupt photo", body(build_request("photo", photos=[b"\xff\xd8 not really a jpeg"])), 400, "photos"),
         ("not base64", {"inputs": [{"name": "photos", "datatype": "BYTES", "shape": [1], "data": ["%%%"],
                                     "parameters": {"content_type": "base64"}}]}, 400, "not valid base64"),
-        ("pixels as FP64", {"inputs": [{"name": "pixels", "datatype": "FP64", "shape": [1, 224, 224, 3], "data": [0.0]}]},
+        ("pixels as FP64",
+         {"inputs": [{"name": "pixels", "datatype": "FP64", "shape": [1, 224, 224, 3], "data": [0.0]}]},
          400, "datatype must be UINT8"),
         ("unknown input name", renamed, 400, "unknown input 'image'"),
         ("two inputs", two, 400, "exactly one input"),
         ("65 images", {"inputs": [{"name": "photos", "datatype": "BYTES", "shape": [65],
-                                   "data": [base64.b64encode(b"x").decode()] * 65, "parameters": {"content_type": "base64"}}]},
+                                   "data": [base64.b64encode(b"x").decode()] * 65,
+                                   "parameters": {"content_type": "base64"}}]},
          413, "above the limit of 64"),
         ("not V2 at all", {"instances": [[1, 2, 3]]}, 422, ""),
     ]
@@ -341,7 +346,8 @@ def test_a_model_that_fails_to_load_stops_mlserver_with_one_clear_error(tmp_path
         server.start(timeout=180)
     errors = [line for line in server.log().splitlines() if line.startswith("cassava.shared.errors.CassavaError")]
     assert len(errors) == 1 and errors[0].startswith(
-        f"cassava.shared.errors.CassavaError: model {broken}: cannot load SavedModel (OSError: Cannot parse file"), errors
+        f"cassava.shared.errors.CassavaError: model {broken}: cannot load SavedModel "
+        "(OSError: Cannot parse file"), errors
     assert not server.alive()
 
 
@@ -364,7 +370,8 @@ def test_real_model_answers_the_27_photos_as_in_process(real_cloud, real_referen
 
     samples, pixels, photos = _images(str(real_photos), 256)
     expected = predict_pixels(real_reference, pixels)
-    got = [_infer(real_cloud, kind, pixels[i:i + 9], photos[i:i + 9], 255.0, over_grpc) for i in range(0, len(pixels), 9)]
+    got = [_infer(real_cloud, kind, pixels[i:i + 9], photos[i:i + 9], 255.0, over_grpc)
+           for i in range(0, len(pixels), 9)]
     class_ids = np.concatenate([g[0] for g in got])
     probabilities = np.concatenate([g[1] for g in got])
     labels = sum((g[2] for g in got), [])

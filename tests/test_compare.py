@@ -6,11 +6,11 @@ import math
 
 import numpy as np
 import pytest
+from helpers import REAL_CLASSES, run_cli
 
 from cassava.shared.evaluate import metrics
 from cassava.shared.evaluate.compare import score, summary_lines
 from cassava.shared.evaluate.report import small_n_warning, write_report
-from helpers import REAL_CLASSES, run_cli
 
 # ------------------------------------------------------------------------------------ a tiny fixed set, by hand
 # 10 images, 3 classes present (cbb, cbsd, cgm) and one class (cmd) that is neither a label nor a prediction.
@@ -158,7 +158,8 @@ def test_given_edge_models_and_conversions_reused(standin_compare):
     before = int8.stat().st_mtime_ns
     again = out / "again"
     result = run_cli("compare", "--cloud-model", "standin", "--data", "standin", "-n", "12", "--out", again,
-                     "--edge-model", out / "edge-models" / "int8", "--edge-model", int8.parent.parent / "float16" / "model.tflite",
+                     "--edge-model", out / "edge-models" / "int8",
+                     "--edge-model", int8.parent.parent / "float16" / "model.tflite",
                      "--latency-images", "0", "--no-plots", "--quiet")
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((again / "report.json").read_text())
@@ -184,7 +185,8 @@ def test_python_dash_m_spelling():
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-m", "cassava.compare", "--help"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-m", "cassava.compare", "--help"], capture_output=True, text=True,
+                            timeout=120)
     assert result.returncode == 0 and "--edge-model" in result.stdout
 
 
@@ -192,7 +194,8 @@ def test_python_dash_m_spelling():
 def real_compare(real_model, real_photos, tmp_path_factory):
     """`make compare`'s real-model run, once: the 27 photos (N=27), converted copies in OUT/edge-models."""
     out = tmp_path_factory.mktemp("compare-real")
-    result = run_cli("compare", "--cloud-model", real_model, "--input-scale", "255", "--classes", ",".join(REAL_CLASSES),
+    result = run_cli("compare", "--cloud-model", real_model, "--input-scale", "255",
+                     "--classes", ",".join(REAL_CLASSES),
                      "--data", real_photos, "--out", out, "--latency-images", "8", "--quiet")
     assert result.returncode == 0, result.stderr[-3000:]
     return out, result
@@ -233,7 +236,8 @@ def test_bench_runner_tolerates_missing_and_failing_modules(tmp_path, monkeypatc
     (tmp_path / "bench_good.py").write_text(
         "def main():\n    print('own table')\n"
         "    return {'ratios': [{'name': 'fast', 'value': 2.0, 'target': 1.5, 'unit': 'x'},"
-        " {'name': 'small', 'value': 3.0, 'target': 2.0, 'better': 'lower'}], 'target_speedup': 3.0, 'speedup_x': 3.5}\n")
+        " {'name': 'small', 'value': 3.0, 'target': 2.0, 'better': 'lower'}],"
+        " 'target_speedup': 3.0, 'speedup_x': 3.5}\n")
     (tmp_path / "bench_bad.py").write_text("def main():\n    raise RuntimeError('no server')\n")
     monkeypatch.setattr(run_all, "HERE", tmp_path)
     monkeypatch.setattr(run_all, "MODULES", (("bench_good", "g"), ("bench_bad", "b"), ("bench_gone", "m")))

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers import REAL_CLASSES, REAL_MODEL, REAL_PHOTOS, run_cli
 
 pytestmark = pytest.mark.slow
@@ -80,7 +79,8 @@ def test_standin_every_mode_is_verified_and_self_describing(conversions, standin
     assert verification["images"] >= 150  # the stand-in's validation split, none of it used for calibration
     assert verification["top1_agreement"] >= 0.95 and verification["non_finite_outputs"] == 0
     assert 0.0 <= verification["mean_abs_diff"] <= verification["max_abs_diff"] <= 1.0
-    assert "stand-in model, synthetic data" in report["description"] and report["note"] == "stand-in model, synthetic data"
+    assert ("stand-in model, synthetic data" in report["description"]
+            and report["note"] == "stand-in model, synthetic data")
     assert "stand-in model, synthetic data" in result.stdout and "top-1 agreement" in result.stdout
     assert report["ops"] and "CONV_2D" in report["ops"]
     assert report["sizes"]["tflite_bytes"] == (out / "model.tflite").stat().st_size
@@ -191,7 +191,8 @@ def test_the_users_only_folder_is_split_stratified_and_disjoint(conversions, rea
 def test_stratified_split_keeps_class_shares_and_is_deterministic():
     from cassava.shared.data import Sample, stratified_split
 
-    samples = [Sample(f"{cls}-{i}", cls, None) for cls, n in (("cbb", 50), ("cmd", 30), ("healthy", 20)) for i in range(n)]
+    samples = [Sample(f"{cls}-{i}", cls, None)
+               for cls, n in (("cbb", 50), ("cmd", 30), ("healthy", 20)) for i in range(n)]
     first, rest = stratified_split(samples, 30)
     assert len(first) == 30 and len(rest) == 70
     assert {s.name for s in first}.isdisjoint(s.name for s in rest)
@@ -257,7 +258,8 @@ def test_keras3_saved_with_tf_saved_model_save_is_refused(conversions, odd_model
     assert line.startswith("cassava convert: error: refused to write") and "NaN" in line and "model.export" in line
     assert not (out / "model.tflite").exists() and not (out / "cassava-model.json").exists()
     report = report_of(out)
-    assert report["accepted"] is False and report["verification"]["non_finite_outputs"] == report["verification"]["images"]
+    assert (report["accepted"] is False
+            and report["verification"]["non_finite_outputs"] == report["verification"]["images"])
     assert "REFUSED" in result.stdout
 
     # the same model exported with model.export() converts faithfully: the refusal was about the save path
@@ -289,7 +291,8 @@ def test_op_without_int8_kernel_is_named_and_kept_in_float_on_request(conversion
     # TF 2.21's converter does not fail here: it silently keeps CUMSUM in float32 even with TFLITE_BUILTINS_INT8
     # (the legacy quantizer raised "Quantization not yet supported for op: 'CUMSUM'"); the float op is found in
     # the converted model and reported.
-    common = ("--model", odd_models / "cumsum", "--calibration", "standin:train", "--samples", "50", "--verify-data", "standin")
+    common = ("--model", odd_models / "cumsum", "--calibration", "standin:train", "--samples", "50",
+              "--verify-data", "standin")
     strict = convert_once(conversions, "cumsum-strict", *common)
     assert strict.returncode == 2
     line = last_line(strict)
@@ -330,11 +333,13 @@ def test_tensorflow_only_op_needs_select_tf_ops(conversions, odd_models, standin
 
 
 @pytest.mark.parametrize("args, message", [
-    (("--model", "standin", "--quantize", "dynamic", "--target-agreement", "0.99"), "--target-agreement applies to --quantize int8"),
+    (("--model", "standin", "--quantize", "dynamic", "--target-agreement", "0.99"),
+     "--target-agreement applies to --quantize int8"),
     (("--model", "standin", "--target-agreement", "0.99", "--io", "uint8"), "--target-agreement writes float32 I/O"),
     (("--model", "standin", "--target-agreement", "99"), "--target-agreement is a fraction"),
     (("--model", "standin", "--quantize", "dynamic", "--io", "uint8"), "--io uint8 needs --quantize int8"),
-    (("--model", "standin", "--quantize", "none", "--allow-float-fallback"), "--allow-float-fallback applies to --quantize int8"),
+    (("--model", "standin", "--quantize", "none", "--allow-float-fallback"),
+     "--allow-float-fallback applies to --quantize int8"),
     (("--model", "standin", "--min-agreement", "95"), "--min-agreement is a fraction"),
     (("--model", "/nonexistent/saved_model"), "no such file or directory"),
 ])

@@ -16,7 +16,6 @@ import grpc
 import httpx
 import numpy as np
 import pytest
-
 from helpers import REAL_CLASSES, REPO, MLServer, run_cli
 from test_convert import converted, real_args, standin_args
 
@@ -236,7 +235,8 @@ def _infer_grpc(server, request):
 
     with grpc.insecure_channel(server.grpc_address) as channel:
         stub = dataplane_pb2_grpc.GRPCInferenceServiceStub(channel)
-        reply = stub.ModelInfer(converters.ModelInferRequestConverter.from_types(request, model_name="cassava"), timeout=120)
+        reply = stub.ModelInfer(converters.ModelInferRequestConverter.from_types(request, model_name="cassava"),
+                                timeout=120)
     return decode_response(converters.ModelInferResponseConverter.to_types(reply))
 
 
@@ -310,15 +310,17 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(edge):
 
 @pytest.mark.real
 def test_real_model_edge_server_answers_the_27_photos(tmp_path, conversions, real_model, real_photos, no_tensorflow):
-    """A 256-px model that takes raw 0-255 pixels: the edge applies the spec's pixel range, photos and payloads alike."""
+    """A 256-px model that takes raw 0-255 pixels: the edge applies the spec's pixel range, photos and payloads
+    alike."""
     int8 = converted(conversions, "real-int8", *real_args("int8"))
     pixels, photos = _images(str(real_photos), 256)
     expected = _expected(int8, pixels)
     server = _edge_server(tmp_path / "edge-real", int8, no_tensorflow)
     try:
         for kind, over_grpc in (("photos", False), ("payload", True)):
+            infer = _infer_grpc if over_grpc else _infer_rest
             got = np.concatenate([
-                (_infer_grpc if over_grpc else _infer_rest)(server, _request(kind, pixels[i:i + 9], photos[i:i + 9], 255.0, over_grpc))[1]
+                infer(server, _request(kind, pixels[i:i + 9], photos[i:i + 9], 255.0, over_grpc))[1]
                 for i in range(0, 27, 9)])
             np.testing.assert_allclose(got, expected, atol=1e-6)
         probabilities = httpx.get(f"{server.url}/v2/models/cassava", timeout=30).json()["outputs"][1]

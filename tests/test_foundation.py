@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import run_cli
 from PIL import Image
 
 from cassava.shared.data import load_samples
 from cassava.shared.errors import CassavaError
 from cassava.shared.spec import ModelSpec, read_spec_file
-from helpers import run_cli
 
 PY = sys.executable
 
@@ -29,14 +29,16 @@ def _blocked_tensorflow(tmp_path: Path) -> dict:
 def test_shared_and_client_import_without_tensorflow(tmp_path):
     code = (
         "import sys\n"
-        "import cassava.shared.client.predict, cassava.shared.protocol.v2, cassava.shared.data, cassava.shared.client.plotting\n"
+        "import cassava.shared.client.predict, cassava.shared.protocol.v2, cassava.shared.data, "
+        "cassava.shared.client.plotting\n"
         "import cassava.shared.preprocess, cassava.shared.spec, cassava.shared.labels, cassava.cli\n"
         "cassava.cli.build_parser()\n"
         "try:\n    import tensorflow\nexcept ImportError:\n    pass\nelse:\n    sys.exit('tensorflow was importable')\n"
         "assert 'tensorflow' not in sys.modules or sys.modules['tensorflow'] is None\n"
         "print('ok')\n"
     )
-    result = subprocess.run([PY, "-c", code], env=_blocked_tensorflow(tmp_path), capture_output=True, text=True, timeout=120)
+    result = subprocess.run([PY, "-c", code], env=_blocked_tensorflow(tmp_path), capture_output=True, text=True,
+                            timeout=120)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr
 
 
@@ -125,7 +127,8 @@ def test_tfds_source_with_mock_data():
 def test_cli_errors_are_one_line_exit_2(args, expected):
     result = run_cli("predict", *args, "--quiet")
     assert result.returncode == 2, result.stderr
-    lines = [l for l in result.stderr.splitlines() if l.strip() and not l.startswith(("WARNING", "I0000", "E0000", "W0000"))]
+    lines = [line for line in result.stderr.splitlines()
+             if line.strip() and not line.startswith(("WARNING", "I0000", "E0000", "W0000"))]
     assert len(lines) == 1 and expected in lines[0], result.stderr
     assert "Traceback" not in result.stderr
 
@@ -159,5 +162,5 @@ def test_single_image_prints_top3(standin_data):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert leaf.name in lines[0] and "ms" in lines[0]
-    assert [l.strip()[:2] for l in lines[1:4]] == ["1.", "2.", "3."]
+    assert [line.strip()[:2] for line in lines[1:4]] == ["1.", "2.", "3."]
     assert "Mosaic Disease" in result.stdout

@@ -7,7 +7,6 @@ import json
 import shutil
 
 import numpy as np
-
 from helpers import run_cli
 
 

@@ -3,10 +3,10 @@ import json
 
 import numpy as np
 import pytest
+from helpers import REAL_CLASSES, run_cli
 
 from cassava.shared.data import load_samples
 from cassava.shared.preprocess import preprocess
-from helpers import REAL_CLASSES, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +47,6 @@ def test_predict_cli_pins_20_of_27(real_model, real_photos, tmp_path):
 def test_spec_that_contradicts_the_model_fails_in_one_line(real_model, real_photos):
     result = run_cli("predict", "--model", real_model, "--data", real_photos, "-n", "2", "--quiet")
     assert result.returncode == 2
-    lines = [l for l in result.stderr.splitlines() if l.startswith("cassava")]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("cassava")]
     assert len(lines) == 1 and "5 scores" in lines[0] and "6 classes" in lines[0], result.stderr
     assert "Traceback" not in result.stderr

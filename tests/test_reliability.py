@@ -15,13 +15,13 @@ import grpc
 import httpx
 import numpy as np
 import pytest
+from helpers import REPO, MLServer
 from PIL import Image
+from test_convert import converted, standin_args
 
 from cassava.shared.data import load_samples
 from cassava.shared.preprocess import preprocess
 from cassava.shared.protocol.v2 import build_request, decode_response
-from helpers import REPO, MLServer
-from test_convert import converted, standin_args
 
 pytestmark = pytest.mark.slow
 BODY_LIMIT = 4_000_000  # small for the test: three images as float JSON (~6 MB) are over it
@@ -45,7 +45,8 @@ def _png_bomb(width=20000, height=20000) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+            + chunk(b"IEND", b""))
 
 
 def _photos_input(photos, name="photos"):
@@ -76,21 +77,27 @@ PIXELS_1 = _binary_input("pixels", "UINT8", [1, 224, 224, 3], 224 * 224 * 3)
 # (case, JSON body or raw bytes, model name, expected status, words the message must contain)
 BAD_REQUESTS = [
     ("wrong rank", {"inputs": [_tensor("pixels", "UINT8", [224, 224, 3], ZEROS)]}, "cassava", 400, "rank 4"),
-    ("wrong image size (UINT8)", {"inputs": [_tensor("pixels", "UINT8", [1, 100, 100, 3], [0] * 30000)]}, "cassava", 400, "[224, 224, 3]"),
-    ("wrong image size (FP32)", {"inputs": [_tensor("payload", "FP32", [1, 32, 32, 3], [0.0] * 3072)]}, "cassava", 400, "[224, 224, 3]"),
+    ("wrong image size (UINT8)", {"inputs": [_tensor("pixels", "UINT8", [1, 100, 100, 3], [0] * 30000)]},
+     "cassava", 400, "[224, 224, 3]"),
+    ("wrong image size (FP32)", {"inputs": [_tensor("payload", "FP32", [1, 32, 32, 3], [0.0] * 3072)]},
+     "cassava", 400, "[224, 224, 3]"),
     ("wrong datatype", {"inputs": [_tensor("payload", "INT32", [1, 224, 224, 3], ZEROS)]}, "cassava", 400, "datatype"),
+    # JSON has no NaN; gRPC test below
     ("NaN floats", b'{"inputs":[{"name":"payload","datatype":"FP32","shape":[1,224,224,3],"data":[NaN'
-     + b",0.0" * (224 * 224 * 3 - 1) + b"]}]}", "cassava", 422, "JSON decode error"),  # JSON has no NaN; gRPC test below
-    ("values outside the pixel range", {"inputs": [_tensor("payload", "FP32", [1, 224, 224, 3], [1.5] * (224 * 224 * 3))]},
+     + b",0.0" * (224 * 224 * 3 - 1) + b"]}]}", "cassava", 422, "JSON decode error"),
+    ("values outside the pixel range",
+     {"inputs": [_tensor("payload", "FP32", [1, 224, 224, 3], [1.5] * (224 * 224 * 3))]},
      "cassava", 400, "outside [0, 1]"),
     ("empty batch", {"inputs": [_tensor("pixels", "UINT8", [0, 224, 224, 3], [])]}, "cassava", 400, "empty batch"),
     ("batch above the limit", {"inputs": [_photos_input([_png()] * 65)]}, "cassava", 413, "limit of 64"),
     ("corrupt JPEG", {"inputs": [_photos_input([_truncated_jpeg()])]}, "cassava", 400, "corrupt"),
     ("non-image bytes", {"inputs": [_photos_input([b"%PDF-1.4 this is a document"])]}, "cassava", 400, "not an image"),
     ("decompression bomb", {"inputs": [_photos_input([_png_bomb()])]}, "cassava", 400, "pixel"),
-    ("body above the limit", {"inputs": [_tensor("payload", "FP32", [3, 224, 224, 3], [0.123456789] * (3 * 224 * 224 * 3))]},
+    ("body above the limit",
+     {"inputs": [_tensor("payload", "FP32", [3, 224, 224, 3], [0.123456789] * (3 * 224 * 224 * 3))]},
      "cassava", 413, "above the limit"),
-    ("unknown input name", {"inputs": [_tensor("image", "UINT8", [1, 224, 224, 3], ZEROS)]}, "cassava", 400, "unknown input"),
+    ("unknown input name", {"inputs": [_tensor("image", "UINT8", [1, 224, 224, 3], ZEROS)]},
+     "cassava", 400, "unknown input"),
     ("unknown model name", {"inputs": [_tensor("pixels", "UINT8", [1, 224, 224, 3], ZEROS)]}, "rice", 404, "rice"),
     ("malformed JSON", b'{"inputs": [{"name": "pixels", "datatype": ', "cassava", 422, "JSON decode error"),
     # the binary data extension (tritonclient.http's default): framing faults are 400s from the REST layer
@@ -126,7 +133,8 @@ def servers(tmp_path_factory, standin_model):
     cloud_settings["parameters"]["uri"] = "standin"
     edge_settings = json.loads((REPO / "edge" / "model-settings.json").read_text())
     edge_settings["parameters"]["uri"] = str(edge_model)
-    started = {"cloud": MLServer(root / "cloud", cloud_settings, env=env), "edge": MLServer(root / "edge", edge_settings, env=env)}
+    started = {"cloud": MLServer(root / "cloud", cloud_settings, env=env),
+               "edge": MLServer(root / "edge", edge_settings, env=env)}
     try:
         for server in started.values():
             server.start(timeout=180)
@@ -171,7 +179,8 @@ def _still_serving(server, images):
 
 @pytest.mark.parametrize("tier", ["cloud", "edge"])
 @pytest.mark.parametrize("case, body, model, status, words", BAD_REQUESTS, ids=[c[0] for c in BAD_REQUESTS])
-def test_bad_request_gets_a_clear_4xx_and_the_server_keeps_serving(servers, images, tier, case, body, model, status, words):
+def test_bad_request_gets_a_clear_4xx_and_the_server_keeps_serving(servers, images, tier, case, body, model, status,
+                                                                   words):
     server = servers[tier]
     reply = _post(server, body, model)
     assert reply.status_code == status, f"{case}: {reply.status_code} {reply.text[:300]}"
@@ -186,9 +195,12 @@ def test_grpc_bad_requests_get_status_codes(servers, images, tier):
 
     server = servers[tier]
     cases = [
-        (build_request("uint8", pixels=np.zeros((1, 100, 100, 3), np.uint8)), "cassava", grpc.StatusCode.INVALID_ARGUMENT, "[224, 224, 3]"),
-        (build_request("photo", photos=[b"not an image"], grpc=True), "cassava", grpc.StatusCode.INVALID_ARGUMENT, "not an image"),
-        (build_request("photo", photos=[_png()] * 65, grpc=True), "cassava", grpc.StatusCode.RESOURCE_EXHAUSTED, "limit"),
+        (build_request("uint8", pixels=np.zeros((1, 100, 100, 3), np.uint8)), "cassava",
+         grpc.StatusCode.INVALID_ARGUMENT, "[224, 224, 3]"),
+        (build_request("photo", photos=[b"not an image"], grpc=True), "cassava",
+         grpc.StatusCode.INVALID_ARGUMENT, "not an image"),
+        (build_request("photo", photos=[_png()] * 65, grpc=True), "cassava",
+         grpc.StatusCode.RESOURCE_EXHAUSTED, "limit"),
         (build_request("uint8", pixels=images[:1]), "rice", grpc.StatusCode.NOT_FOUND, "rice"),
     ]
     nan = build_request("float32", pixels=images[:1])
@@ -197,7 +209,8 @@ def test_grpc_bad_requests_get_status_codes(servers, images, tier):
         message = converters.ModelInferRequestConverter.from_types(nan, model_name="cassava")
         message.inputs[0].contents.fp32_contents[7] = float("nan")
         cases_pb = [(message, grpc.StatusCode.INVALID_ARGUMENT, "NaN")]
-        cases_pb += [(converters.ModelInferRequestConverter.from_types(r, model_name=m), code, words) for r, m, code, words in cases]
+        cases_pb += [(converters.ModelInferRequestConverter.from_types(r, model_name=m), code, words)
+                     for r, m, code, words in cases]
         for request, code, words in cases_pb:
             with pytest.raises(grpc.RpcError) as caught:
                 stub.ModelInfer(request, timeout=60)
@@ -209,7 +222,8 @@ def test_grpc_bad_requests_get_status_codes(servers, images, tier):
 def test_eight_clients_times_100_requests_get_the_answers_sent_alone(servers, images, tier):
     server = servers[tier]
     with httpx.Client() as client:  # each image alone, one at a time: the reference answers
-        alone = [_infer(server, client, build_request("uint8", pixels=images[i:i + 1]))[1][0] for i in range(len(images))]
+        alone = [_infer(server, client, build_request("uint8", pixels=images[i:i + 1]))[1][0]
+                 for i in range(len(images))]
     errors, mismatches = [], []
 
     def client_thread(seed: int):
@@ -219,7 +233,8 @@ def test_eight_clients_times_100_requests_get_the_answers_sent_alone(servers, im
                 index = int(rng.integers(len(images)))
                 wire = ("uint8", "compact")[int(rng.integers(2))]
                 try:
-                    class_ids, probabilities, _ = _infer(server, client, build_request(wire, pixels=images[index:index + 1]))
+                    request = build_request(wire, pixels=images[index:index + 1])
+                    class_ids, probabilities, _ = _infer(server, client, request)
                 except Exception as exc:  # noqa: BLE001 - counted and reported below
                     errors.append(repr(exc)[:200])
                     continue
@@ -234,7 +249,7 @@ def test_eight_clients_times_100_requests_get_the_answers_sent_alone(servers, im
     assert not any(t.is_alive() for t in threads), "clients still running after 10 minutes"
     assert errors == [] and mismatches == []
     metrics = httpx.get(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=30).text
-    batched = [l for l in metrics.splitlines() if l.startswith("cassava_batch_images_count")]
+    batched = [line for line in metrics.splitlines() if line.startswith("cassava_batch_images_count")]
     assert batched, "the runtime's batch histogram is missing"
 
 

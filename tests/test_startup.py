@@ -7,7 +7,6 @@ import json
 import shutil
 
 import pytest
-
 from helpers import free_port, run_cli
 from test_convert import converted, standin_args
 
@@ -19,7 +18,7 @@ def _ports():
 
 
 def _one_line(result, words: str):
-    lines = [l for l in result.stderr.strip().splitlines() if l.strip()]
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
     assert result.returncode == 2, result.stderr[-2000:]
     assert len(lines) == 1 and words in lines[0], result.stderr[-2000:]
     assert "Traceback" not in result.stderr
@@ -47,7 +46,8 @@ def test_edge_wrong_tensor_name(tmp_path, int8_dir):
     spec = json.loads((renamed / "cassava-model.json").read_text())
     spec["tflite"]["input"]["name"] = "serving_default_photo:0"
     (renamed / "cassava-model.json").write_text(json.dumps(spec))
-    _one_line(run_cli("serve", "edge", "--model", renamed, *_ports(), timeout=120), "no input tensor named 'serving_default_photo:0'")
+    _one_line(run_cli("serve", "edge", "--model", renamed, *_ports(), timeout=120),
+              "no input tensor named 'serving_default_photo:0'")
 
 
 def test_cloud_tf_hub_unreachable_is_one_line(tmp_path):
@@ -67,7 +67,8 @@ def test_servers_bind_loopback_unless_told(tmp_path):
     from cassava.shared.server.serve import write_run_dir
 
     for tier in ("cloud", "edge"):
-        settings = json.loads((write_run_dir(tmp_path / tier, tier, "standin", "127.0.0.1", (1, 2, 3)) / "settings.json").read_text())
+        run_dir = write_run_dir(tmp_path / tier, tier, "standin", "127.0.0.1", (1, 2, 3))
+        settings = json.loads((run_dir / "settings.json").read_text())
         assert settings["host"] == "127.0.0.1"
     from cassava.cli import build_parser
 

@@ -8,8 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from helpers import BIN, MLServer, REPO
+from helpers import BIN, REPO, MLServer
 from test_convert import converted, standin_args
 
 pytestmark = pytest.mark.slow
@@ -18,7 +17,7 @@ pytestmark = pytest.mark.slow
 def _lines(path: Path):
     if not path.exists():
         return []
-    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _wait_for(predicate, timeout=240.0, what="condition"):
@@ -46,7 +45,8 @@ def _watch(model, source, out, *extra):
 @pytest.fixture(scope="module")
 def watch_model(standin_model, tmp_path_factory):
     """The int8 TFLite stand-in, as a Pi would run it (converted once per session, shared with the edge tests)."""
-    return converted(tmp_path_factory.getbasetemp() / "conversions", "standin-int8", *standin_args("int8")) / "model.tflite"
+    conversions = tmp_path_factory.getbasetemp() / "conversions"
+    return converted(conversions, "standin-int8", *standin_args("int8")) / "model.tflite"
 
 
 @pytest.fixture(scope="module")

@@ -44,7 +44,8 @@ def test_a_request_that_does_not_fit_starts_the_next_batch_in_order():
     batcher = MicroBatcher(record, max_images=4, max_wait_s=0.05)
 
     async def main():
-        return await asyncio.gather(batcher.predict(_rows(0, 3)), batcher.predict(_rows(3, 3)), batcher.predict(_rows(6, 1)))
+        return await asyncio.gather(batcher.predict(_rows(0, 3)), batcher.predict(_rows(3, 3)),
+                                    batcher.predict(_rows(6, 1)))
 
     answers = asyncio.run(main())
     batcher.close()

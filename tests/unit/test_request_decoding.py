@@ -26,7 +26,8 @@ def _pixels(n=2, seed=0):
 def test_every_wire_format_decodes_to_the_same_model_input(wire, grpc):
     pixels = _pixels()
     request = build_request(wire, pixels=pixels, grpc=grpc)
-    x = request_to_model_input(InferenceRequest.model_validate_json(request.model_dump_json()) if not grpc else request, SPEC)
+    received = request if grpc else InferenceRequest.model_validate_json(request.model_dump_json())
+    x = request_to_model_input(received, SPEC)
     assert x.dtype == np.float32 and x.shape == (2, 16, 16, 3)
     np.testing.assert_allclose(x, pixels / 255.0, atol=1e-6)  # lossless: the very pixels the client computed
 
