@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from helpers import REAL_MODEL, REAL_PHOTOS, REPO, require_shared
 
 os.environ.setdefault("CASSAVA_CACHE", str(REPO / ".cache"))

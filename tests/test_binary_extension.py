@@ -19,8 +19,9 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton_http
-from helpers import REAL_CLASSES, REPO, MLServer
 from test_cloud import _shipped
+
+from helpers import REAL_CLASSES, REPO, MLServer
 from test_convert import conversions, converted, real_args  # noqa: F401 (conversions: a fixture)
 from test_edge import _edge_server, no_tensorflow  # noqa: F401 (no_tensorflow: a fixture)
 

@@ -17,10 +17,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from helpers import REPO, MLServer, free_port, run_cli, stop_process_group, wait_ready
 
 from cassava.shared.data import load_samples
 from cassava.shared.labels import CROPNET_CLASSES
+
+from helpers import REPO, MLServer, free_port, run_cli, stop_process_group, wait_ready
 
 pytestmark = pytest.mark.slow
 STANDIN_NOTE = "stand-in model, synthetic data"

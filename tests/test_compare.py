@@ -6,11 +6,12 @@ import math
 
 import numpy as np
 import pytest
-from helpers import REAL_CLASSES, run_cli
 
 from cassava.shared.evaluate import metrics
 from cassava.shared.evaluate.compare import score, summary_lines
 from cassava.shared.evaluate.report import small_n_warning, write_report
+
+from helpers import REAL_CLASSES, run_cli
 
 # ------------------------------------------------------------------------------------ a tiny fixed set, by hand
 # 10 images, 3 classes present (cbb, cbsd, cgm) and one class (cmd) that is neither a label nor a prediction.

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from helpers import REAL_CLASSES, REAL_MODEL, REAL_PHOTOS, run_cli
 
 pytestmark = pytest.mark.slow

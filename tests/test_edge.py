@@ -16,6 +16,7 @@ import grpc
 import httpx
 import numpy as np
 import pytest
+
 from helpers import REAL_CLASSES, REPO, MLServer, run_cli
 from test_convert import converted, real_args, standin_args
 

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import run_cli
 from PIL import Image
 
 from cassava.shared.data import load_samples
 from cassava.shared.errors import CassavaError
 from cassava.shared.spec import ModelSpec, read_spec_file
+
+from helpers import run_cli
 
 PY = sys.executable
 

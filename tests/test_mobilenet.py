@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+
 from test_convert import convert_once, converted, report_of, spec_of
 
 pytestmark = pytest.mark.slow

@@ -7,6 +7,7 @@ import json
 import shutil
 
 import numpy as np
+
 from helpers import run_cli
 
 

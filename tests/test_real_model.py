@@ -3,10 +3,11 @@ import json
 
 import numpy as np
 import pytest
-from helpers import REAL_CLASSES, run_cli
 
 from cassava.shared.data import load_samples
 from cassava.shared.preprocess import preprocess
+
+from helpers import REAL_CLASSES, run_cli
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import json
 import shutil
 
 import pytest
+
 from helpers import free_port, run_cli
 from test_convert import converted, standin_args
 

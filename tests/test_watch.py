@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from helpers import BIN, REPO, MLServer
 from test_convert import converted, standin_args
 
