@@ -15,7 +15,6 @@ from cassava.shared.native import import_tensorflow
 from cassava.shared.spec import ModelSpec, apply_overrides, base_spec, check_hub_handle, check_interface, is_hub_handle
 
 log = logging.getLogger(__name__)
-_quiet_tensorflow = import_tensorflow  # old private name, still imported by cloud/mobilenet.py: use import_tensorflow
 
 
 class TFClassifier:
