@@ -7,11 +7,12 @@ STAMP := $(VENV)/.installed
 export CASSAVA_CACHE ?= $(CURDIR)/.cache
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install demo test compare bench images clean system-deps
+.PHONY: help install demo test lint compare bench images clean system-deps
 
 help:
 	@echo "make demo     offline demo: stand-in model, cloud + edge servers, plots and report in out/demo"
-	@echo "make test     the whole test suite (installs what it needs)"
+	@echo "make test     the whole test suite (installs what it needs; runs make lint first)"
+	@echo "make lint     ruff check (line length 120, settings in pyproject.toml)"
 	@echo "make compare  cloud vs edge accuracy comparison (stand-in; real model when ../shared exists)"
 	@echo "make bench    benchmarks, printed as a table of ratios"
 	@echo "make images   build the cloud (amd64) and edge (arm64) images here; prints the docker buildx commands too"
@@ -37,7 +38,11 @@ system-deps:
 demo: install
 	$(BIN)/cassava demo --out out/demo
 
-test: install system-deps
+# Style first (seconds): ruff with the settings in pyproject.toml (line length 120).
+lint: install
+	$(BIN)/ruff check .
+
+test: install system-deps lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 REAL_COMPARE := --cloud-model ../shared/models/cassava-cnn-256/saved_model --input-scale 255 --classes cbb,cbsd,cgm,cmd,healthy

@@ -25,9 +25,9 @@ __all__ = ["MLServer", "free_port", "standin_tflite", "tier_server", "REPO"]
 
 def standin_tflite(quantize: str = "int8") -> Path:
     """The stand-in converted to TFLite (`cassava convert`), built once and cached in CASSAVA_CACHE/bench/."""
-    from cassava.shared.cache import build_lock, cache_dir
+    from cassava.shared.cache import STANDIN_VERSION, build_lock, cache_dir
 
-    target = cache_dir() / "bench" / f"standin-{quantize}"
+    target = cache_dir() / "bench" / f"{STANDIN_VERSION}-{quantize}"  # a new stand-in gets a new copy
     if (target / "model.tflite").is_file():
         return target
     with build_lock(f"bench-standin-{quantize}"):

@@ -3,8 +3,9 @@ the edge server's memory (RSS) and cold start (process start to first answer), b
 
 Latencies are measured side by side in one worker process (TF pinned to 1 intra-op and 1 inter-op thread, each
 TFLite interpreter num_threads=1), interleaved image by image (every variant classifies the same image back to back)
-so that load from other work on the machine hits every variant alike; the median per image is reported. The stand-in (stand-in model, synthetic data) measures the
-machinery; the real 256-px model in ../shared is measured too when it is there.
+so that load from other work on the machine hits every variant alike; the median per image is reported. The
+stand-in (stand-in model, synthetic data) measures the machinery; the real 256-px model in ../shared is measured too
+when it is there.
 
     python benchmarks/bench_edge.py          (BENCH_ROUNDS=5 rounds of 20 images per variant by default)
 """
@@ -67,7 +68,8 @@ def models() -> dict:
     found = {"stand-in": {"tf": str(ensure_standin()), "data": "standin", "scale": None, "classes": None,
                           **{v: str(standin_tflite(v)) for v in VARIANTS}}}
     if REAL_MODEL.is_dir() and REAL_PHOTOS.is_dir():
-        found["real 256 px"] = {"tf": str(REAL_MODEL), "data": str(REAL_PHOTOS), "scale": 255.0, "classes": REAL_CLASSES,
+        found["real 256 px"] = {"tf": str(REAL_MODEL), "data": str(REAL_PHOTOS), "scale": 255.0,
+                                "classes": REAL_CLASSES,
                                 **{v: str(real_tflite(v)) for v in VARIANTS}}
     return found
 
@@ -191,7 +193,8 @@ def server_footprint(tier: str, model: str, block_tensorflow: bool) -> dict:
             (blocked / name).mkdir(parents=True)
             (blocked / name / "__init__.py").write_text(BLOCK_TF)
         server.env["PYTHONPATH"] = str(blocked)
-    body = build_request("uint8", pixels=np.zeros((1, 224, 224, 3), np.uint8)).model_dump(mode="json", exclude_none=True)
+    request = build_request("uint8", pixels=np.zeros((1, 224, 224, 3), np.uint8))
+    body = request.model_dump(mode="json", exclude_none=True)
     url = f"{server.url}/v2/models/{server.model_name}/infer"
     log = open(server.log_path, "ab")
     started = time.perf_counter()
@@ -262,17 +265,22 @@ def main() -> dict:
     results = {"models": {}, "ratios": []}
     for name, model in found.items():
         latency = measure_latency(name, model, rounds)
-        variables = sum(p.stat().st_size for p in Path(model["tf"]).rglob("*") if p.is_file() and "variables" in p.parts)
+        variables = sum(p.stat().st_size for p in Path(model["tf"]).rglob("*")
+                        if p.is_file() and "variables" in p.parts)
         sizes = {v: (Path(model[v]) / "model.tflite").stat().st_size for v in VARIANTS}
         results["models"][name] = {"latency": latency, "sizes": {"tf_variables": variables, **sizes}}
         tf_ms = latency["TF SavedModel"]["median_ms"]
         suffix = "(stand-in model, synthetic data)" if name == "stand-in" else "(real model)"
         print(f"\n{name} {suffix}: per image, 1 thread, median of {latency['TF SavedModel']['n']} calls")
         tf_min = latency["TF SavedModel"]["min_ms"]
-        print(f"  {'variant':<16} {'median ms':>9} {'p90 ms':>8} {'min ms':>8} {'× TF':>6} {'× TF min':>8} {'size':>9} {'× float':>8}")
+        print(f"  {'variant':<16} {'median ms':>9} {'p90 ms':>8} {'min ms':>8} {'× TF':>6} {'× TF min':>8} "
+              f"{'size':>9} {'× float':>8}")
         for v in ("TF SavedModel",) + VARIANTS:
             row = latency[v if v.startswith("TF ") else f"TFLite {v}"]
-            size = f"{_kb(variables):>9} {'(vars)':>8}" if v.startswith("TF ") else f"{_kb(sizes[v]):>9} {sizes[v] / sizes['none']:>8.2f}"
+            if v.startswith("TF "):
+                size = f"{_kb(variables):>9} {'(vars)':>8}"
+            else:
+                size = f"{_kb(sizes[v]):>9} {sizes[v] / sizes['none']:>8.2f}"
             label = v if v.startswith("TF ") else f"TFLite {v}"
             print(f"  {label:<16} {row['median_ms']:>9.2f} {row['p90_ms']:>8.2f} {row['min_ms']:>8.2f} "
                   f"{row['median_ms'] / tf_ms:>6.2f} {row['min_ms'] / tf_min:>8.2f} {size}")
@@ -280,11 +288,13 @@ def main() -> dict:
             print(f"  int8 batch of {row['n']}, {threads}: image by image {row['loop_ms_per_image']:.2f} ms/image, "
                   f"interpreter resized to {row['n']} {row['resized_ms_per_image']:.2f} ms/image")
         results["ratios"] += [
-            {"name": f"int8 TFLite ÷ TF latency per image, 1 thread ({name})", "value": latency["TFLite int8"]["median_ms"] / tf_ms,
+            {"name": f"int8 TFLite ÷ TF latency per image, 1 thread ({name})",
+             "value": latency["TFLite int8"]["median_ms"] / tf_ms,
              "target": TARGET_LATENCY, "better": "lower", "unit": "×",
              "note": f"median {latency['TFLite int8']['median_ms']:.2f} vs {tf_ms:.2f} ms; fastest call "
                      f"{latency['TFLite int8']['min_ms']:.2f} vs {tf_min:.2f} ms"},
-            {"name": f"int8 ÷ float TFLite size ({name})", "value": sizes["int8"] / sizes["none"], "target": TARGET_SIZE,
+            {"name": f"int8 ÷ float TFLite size ({name})", "value": sizes["int8"] / sizes["none"],
+             "target": TARGET_SIZE,
              "better": "lower", "unit": "×", "note": f"{_kb(sizes['int8'])} vs {_kb(sizes['none'])}"},
         ]
 
@@ -302,7 +312,8 @@ def main() -> dict:
         {"name": "edge server RSS after warm-up", "value": edge["rss_mb"], "target": TARGET_RSS_MB, "better": "lower",
          "unit": " MB", "note": f"cloud {cloud['rss_mb']:.0f} MB"},
         {"name": "edge server cold start to first answer", "value": edge["cold_start_s"], "target": TARGET_COLD_START_S,
-         "better": "lower", "unit": " s", "note": f"cloud {cloud['cold_start_s']:.1f} s; importing mlserver alone {floor:.1f} s"},
+         "better": "lower", "unit": " s",
+         "note": f"cloud {cloud['cold_start_s']:.1f} s; importing mlserver alone {floor:.1f} s"},
         {"name": "edge cold start ÷ `import mlserver` (the floor no runtime avoids)", "value": cold_ratio,
          "target": TARGET_COLD_VS_IMPORT, "better": "lower", "unit": "×",
          "note": f"median of {COLD_ROUNDS} rounds; medians {edge['cold_start_s']:.2f} vs {floor:.2f} s"},

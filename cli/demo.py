@@ -18,10 +18,11 @@ from cassava.shared.spec import STANDIN_NOTE
 
 
 def add_arguments(parser):
-    parser.add_argument("--out", type=Path, default=Path("out/demo"), help="where models, plots and reports go (default out/demo)")
+    parser.add_argument("--out", type=Path, default=Path("out/demo"), help="where models, plots and reports go")
     parser.add_argument("-n", type=int, default=16, help="images to classify on each tier (default 16)")
     parser.add_argument("--port-offset", type=int, default=0,
-                        help="add this to the default ports (cloud 8080-8082, edge 9080-9082); busy ports are replaced by free ones")
+                        help="add this to the default ports (cloud 8080-8082, edge 9080-9082); busy ports are "
+                             "replaced by free ones")
     parser.add_argument("--skip-compare", action="store_true", help="no comparison report")
 
 
@@ -38,7 +39,7 @@ def _run_logged(command, log: Path, what: str) -> None:
     with open(log, "w") as handle:
         code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT).returncode
     if code != 0:
-        lines = [l for l in log.read_text(errors="replace").splitlines() if l.strip()]
+        lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
         raise CassavaError(f"{what} failed: {lines[-1] if lines else f'exit code {code}'} (log: {log})")
 
 
@@ -78,7 +79,8 @@ def _stop_on_sigterm(*_):
 
 
 def classify_through(tier: str, url: str, n: int, out: Path) -> dict:
-    """What `cassava predict --local|--edge URL --data standin` does, on the stand-in's photos; plot and JSON in `out`."""
+    """What `cassava predict --local|--edge URL --data standin` does, on the stand-in's photos; plot and JSON in
+    `out`."""
     from cassava.shared.client.backends import ServerBackend
     from cassava.shared.client.predict import classify_and_report
     from cassava.shared.data import load_samples

@@ -59,7 +59,8 @@ def resolve_model_path(model: str) -> Path:
             ) from None
     path = Path(model)
     if not path.exists():
-        raise CassavaError(f"model {model}: no such file or directory (expected a SavedModel dir, a .tflite, a TF Hub https handle, or 'standin')")
+        raise CassavaError(f"model {model}: no such file or directory (expected a SavedModel dir, a .tflite, "
+                           "a TF Hub https handle, or 'standin')")
     if not (path.is_dir() and (path / "saved_model.pb").is_file()):
         raise CassavaError(f"model {model}: not a TensorFlow SavedModel (no saved_model.pb inside)")
     return path
@@ -72,7 +73,8 @@ def load_tf_classifier(model: str, input_scale=None, classes=None) -> TFClassifi
     try:
         loaded = tf.saved_model.load(str(path))
     except Exception as exc:
-        raise CassavaError(f"model {model}: cannot load SavedModel ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from None
+        first = str(exc).splitlines()[0][:160]
+        raise CassavaError(f"model {model}: cannot load SavedModel ({type(exc).__name__}: {first})") from None
 
     signatures = getattr(loaded, "signatures", {}) or {}
     input_key = output_key = None
@@ -95,7 +97,8 @@ def load_tf_classifier(model: str, input_scale=None, classes=None) -> TFClassifi
         raise CassavaError(f"model {model}: no {spec.signature!r} signature and not callable")
 
     # The input size comes from the model itself when it declares one; flags and the spec file win otherwise.
-    if input_shape is not None and input_shape.rank == 4 and input_shape[1] is not None and "input_size" not in _explicit(path):
+    sized = input_shape is not None and input_shape.rank == 4 and input_shape[1] is not None
+    if sized and "input_size" not in _explicit(path):
         spec = spec.replace(input_size=int(input_shape[1]))
     spec = apply_overrides(spec, input_scale=input_scale, classes=classes)
     spec = spec.replace(input_key=input_key, output_key=output_key)
@@ -108,7 +111,8 @@ def load_tf_classifier(model: str, input_scale=None, classes=None) -> TFClassifi
 
 def _only(tensors: dict, what: str, model: str) -> str:
     if len(tensors) != 1:
-        raise CassavaError(f"model {model}: {len(tensors)} {what}s ({', '.join(tensors)}); name one with {what}_key in cassava-model.json")
+        raise CassavaError(f"model {model}: {len(tensors)} {what}s ({', '.join(tensors)}); "
+                           f"name one with {what}_key in cassava-model.json")
     return next(iter(tensors))
 
 

@@ -41,7 +41,8 @@ dest=${{1:-$HOME/cassava}}
 python3 -c 'import sys; sys.exit(sys.version_info[:2] != ({major}, {minor}) and "this bundle needs Python {python}")'
 python3 -m venv "$dest"
 # --no-compile: Python compiles (and caches) only the modules the server imports, on first start: a faster install.
-"$dest/bin/pip" install --no-index --find-links "$here/wheels" --disable-pip-version-check --no-compile -q "{dist}[edge]"
+"$dest/bin/pip" install --no-index --find-links "$here/wheels" --disable-pip-version-check --no-compile -q \
+    "{dist}[edge]"
 mkdir -p "$dest/model" && cp "$here"/model/* "$dest/model/"
 echo "installed in $dest; serve with: $dest/bin/cassava serve edge --model $dest/model --host 0.0.0.0"
 """

@@ -8,6 +8,7 @@ import os
 import re
 
 import pytest
+
 from helpers import free_port, run_cli
 
 pytestmark = pytest.mark.slow

@@ -88,9 +88,10 @@ def test_argument_errors_are_one_line(args, words):
 
 
 def test_run_dir_is_the_shipped_settings_with_this_runs_choices(tmp_path):
+    from cassava.shared.cache import STANDIN_VERSION
     from cassava.shared.server.serve import write_run_dir
-    from cassava.shared.tiers import TIERS
     from cassava.shared.spec import CROPNET_HANDLE
+    from cassava.shared.tiers import TIERS
 
     shipped = json.loads((TIERS["cloud"].folder() / "model-settings.json").read_text())
     run_dir = write_run_dir(tmp_path / "run", "cloud", "some/relative/model", "0.0.0.0", (7001, 7002, 7003), workers=2,
@@ -100,15 +101,19 @@ def test_run_dir_is_the_shipped_settings_with_this_runs_choices(tmp_path):
     assert model_settings["implementation"] == shipped["implementation"] == "cassava.cloud.runtime.CloudRuntime"
     assert model_settings["parameters"]["uri"] == str(Path("some/relative/model").resolve())  # not relative to run_dir
     assert "version" not in model_settings["parameters"]  # the shipped version names CropNet, not this model
-    assert model_settings["parameters"]["extra"] == {**shipped["parameters"]["extra"], "input_scale": 255.0, "classes": "a,b"}
-    assert (settings["host"], settings["http_port"], settings["grpc_port"], settings["metrics_port"]) == ("0.0.0.0", 7001, 7002, 7003)
+    extra = {**shipped["parameters"]["extra"], "input_scale": 255.0, "classes": "a,b"}
+    assert model_settings["parameters"]["extra"] == extra
+    address = (settings["host"], settings["http_port"], settings["grpc_port"], settings["metrics_port"])
+    assert address == ("0.0.0.0", 7001, 7002, 7003)
     assert settings["parallel_workers"] == 2 and settings["metrics_dir"] == str(run_dir / ".metrics")
-    assert settings["grpc_max_message_length"] == json.loads((TIERS["cloud"].folder() / "settings.json").read_text())["grpc_max_message_length"]
+    assert settings["grpc_max_message_length"] == TIERS["cloud"].settings()["grpc_max_message_length"]
 
-    default = json.loads((write_run_dir(tmp_path / "hub", "cloud", CROPNET_HANDLE, "127.0.0.1", (1, 2, 3)) / "model-settings.json").read_text())
+    hub_dir = write_run_dir(tmp_path / "hub", "cloud", CROPNET_HANDLE, "127.0.0.1", (1, 2, 3))
+    default = json.loads((hub_dir / "model-settings.json").read_text())
     assert default["parameters"] == shipped["parameters"]  # the CropNet handle as shipped, version included
-    standin = json.loads((write_run_dir(tmp_path / "s", "cloud", "standin", "127.0.0.1", (1, 2, 3)) / "model-settings.json").read_text())
-    assert standin["parameters"]["uri"] == "standin" and standin["parameters"]["version"] == "standin-v1"
+    standin_dir = write_run_dir(tmp_path / "s", "cloud", "standin", "127.0.0.1", (1, 2, 3))
+    standin = json.loads((standin_dir / "model-settings.json").read_text())
+    assert standin["parameters"]["uri"] == "standin" and standin["parameters"]["version"] == STANDIN_VERSION
 
 
 def test_a_run_dir_holding_other_models_is_refused(tmp_path):
@@ -127,11 +132,13 @@ def test_mlserver_failing_to_load_the_model_ends_serve_with_one_clear_error(tmp_
     from cassava.shared.errors import CassavaError
     from cassava.shared.server.serve import serve, write_run_dir
 
-    run_dir = write_run_dir(tmp_path / "run", "cloud", str(broken_model), "127.0.0.1", (free_port(), free_port(), free_port()))
+    ports = (free_port(), free_port(), free_port())
+    run_dir = write_run_dir(tmp_path / "run", "cloud", str(broken_model), "127.0.0.1", ports)
     with pytest.raises(CassavaError) as failure:
         serve(run_dir, "cloud")
     message = str(failure.value)
-    assert message.startswith(f"model failed to load in MLServer: model {broken_model}: cannot load SavedModel"), message
+    expected = f"model failed to load in MLServer: model {broken_model}: cannot load SavedModel"
+    assert message.startswith(expected), message
     assert "\n" not in message
 
 
@@ -195,7 +202,8 @@ def test_serve_standin_says_where_it_listens_answers_and_stops_with_sigterm(tmp_
         photo = next((standin_model.parent / "data" / "validation" / "cmd").iterdir()).read_bytes()
         for transport in (HttpTransport(f"http://127.0.0.1:{http_port}", retries=0),
                           GrpcTransport(f"127.0.0.1:{grpc_port}", retries=0)):
-            _, probabilities, labels = decode_response(transport.infer(build_request("photo", photos=[photo], grpc=transport.grpc)))
+            request = build_request("photo", photos=[photo], grpc=transport.grpc)
+            _, probabilities, labels = decode_response(transport.infer(request))
             transport.close()
             assert probabilities.shape == (1, 6) and labels[0] in ("cbb", "cbsd", "cgm", "cmd", "healthy", "unknown")
         assert "cassava_predictions_total" in httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
@@ -217,13 +225,15 @@ def test_serve_real_model_with_a_spec_file_and_a_worker_process(tmp_path, real_m
     """The third-party model described by a cassava-model.json beside it (no flags), in one MLServer worker
     process: the spec reaches the worker, and the custom metrics come back from it."""
     from cassava.shared.data import load_samples
-    from cassava.shared.spec import ModelSpec
     from cassava.shared.protocol.transport import HttpTransport
     from cassava.shared.protocol.v2 import build_request, decode_response
+    from cassava.shared.spec import ModelSpec
 
     model = tmp_path / "cassava-cnn-256"
     shutil.copytree(real_model, model)
-    ModelSpec(input_size=256, input_scale=255, class_names=REAL_CLASSES, description="cassava-cnn-256 (third party)").save(model)
+    spec = ModelSpec(input_size=256, input_scale=255, class_names=REAL_CLASSES,
+                     description="cassava-cnn-256 (third party)")
+    spec.save(model)
     flags, (http_port, _, metrics_port) = _ports()
     run = Serving("cloud", "--model", model, *flags, "--workers", 1)
     try:

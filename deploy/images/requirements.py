@@ -2,8 +2,9 @@
 build backend the image needs to build the project itself with `pip install --no-index`.
 Read from pyproject.toml so the images never carry a second copy of the dependency list."""
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 tier = sys.argv[1]
 project = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())

@@ -17,29 +17,34 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ..cache import STANDIN_VERSION
 from ..errors import CassavaError
-from ..native import native_stderr_silenced
 from ..labels import parse_class_list
+from ..native import native_stderr_silenced
 from ..spec import CROPNET_HANDLE, is_model_path, model_kind
 from ..tiers import TIERS
 from .supervise import model_line, serve  # noqa: F401 (serve: the supervisor, also used by tests)
 
 MODEL_NAME = "cassava"
-STANDIN_VERSION_NAME = "standin-v1"
 
 
 def add_arguments(parser):
     parser.add_argument("tier", choices=tuple(TIERS), help="cloud: full TF model; edge: TFLite model (no TensorFlow)")
-    parser.add_argument("--model", help=f"cloud: TF Hub handle (default: {CROPNET_HANDLE}), SavedModel dir or 'standin' "
-                                        "(offline stand-in, synthetic data); edge: model.tflite or a `cassava convert` dir (required)")
+    parser.add_argument("--model", help=f"cloud: TF Hub handle (default: {CROPNET_HANDLE}), SavedModel dir or "
+                                        "'standin' (offline stand-in, synthetic data); edge: model.tflite or a "
+                                        "`cassava convert` dir (required)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     parser.add_argument("--http-port", type=int, help="REST port (cloud 8080, edge 9080)")
     parser.add_argument("--grpc-port", type=int, help="gRPC port (cloud 8081, edge 9081)")
     parser.add_argument("--metrics-port", type=int, help="Prometheus metrics port (cloud 8082, edge 9082)")
-    parser.add_argument("--workers", type=int, help="MLServer parallel_workers: model copies in worker processes (default from settings.json: 0 = in the server process)")
-    parser.add_argument("--input-scale", type=float, choices=(1.0, 255.0), help="model pixel range: 1 = [0,1], 255 = raw 0-255")
-    parser.add_argument("--classes", type=parse_class_list, help="class names in model output order, e.g. cbb,cbsd,cgm,cmd,healthy")
-    parser.add_argument("--run-dir", type=Path, help="where the MLServer settings are written (default: a temporary dir)")
+    parser.add_argument("--workers", type=int, help="MLServer parallel_workers: model copies in worker processes "
+                                                     "(default from settings.json: 0 = in the server process)")
+    parser.add_argument("--input-scale", type=float, choices=(1.0, 255.0),
+                        help="model pixel range: 1 = [0,1], 255 = raw 0-255")
+    parser.add_argument("--classes", type=parse_class_list,
+                        help="class names in model output order, e.g. cbb,cbsd,cgm,cmd,healthy")
+    parser.add_argument("--run-dir", type=Path,
+                        help="where the MLServer settings are written (default: a temporary dir)")
 
 
 def run(args) -> int:
@@ -118,7 +123,8 @@ def check_model(tier: str, model: str, input_scale=None, classes=None, debug: bo
         try:
             from cassava.edge.interpreter import load_tflite_classifier
         except ImportError as exc:
-            raise CassavaError(f"the edge tier is not installed ({exc}); pip install 'cassava-cloud-edge[edge]'") from None
+            raise CassavaError(f"the edge tier is not installed ({exc}); "
+                               "pip install 'cassava-cloud-edge[edge]'") from None
         with native_stderr_silenced(not debug):  # LiteRT's "INFO: Created ... XNNPACK delegate" and the like
             return load_tflite_classifier(model, input_scale=input_scale, classes=classes).spec
     import multiprocessing
@@ -150,7 +156,8 @@ def _cloud_spec(model, input_scale, classes, quiet: bool) -> dict:
 # ---------------------------------------------------------------- the run dir
 
 
-def write_run_dir(run_dir, tier: str, model: str, host: str, ports, workers=None, input_scale=None, classes=None) -> Path:
+def write_run_dir(run_dir, tier: str, model: str, host: str, ports, workers=None, input_scale=None,
+                  classes=None) -> Path:
     """Copy the tier's settings into `run_dir` with this run's model, address and overrides. Returns the run dir."""
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -160,7 +167,7 @@ def write_run_dir(run_dir, tier: str, model: str, host: str, ports, workers=None
     # a relative path would be read relative to the run dir by MLServer; TF Hub handles and `standin` stay as they are
     parameters["uri"] = str(Path(model).resolve()) if is_model_path(model) else model
     if model_kind(model) == "standin":
-        parameters["version"] = STANDIN_VERSION_NAME
+        parameters["version"] = STANDIN_VERSION  # the served version says which stand-in answers
     elif model.rstrip("/") != CROPNET_HANDLE and tier == "cloud":
         parameters.pop("version", None)  # the shipped version names CropNet; another model is unversioned
     extra = parameters.setdefault("extra", {})
