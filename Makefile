@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Built and downloaded artefacts (stand-in model, synthetic photos, TF Hub cache) stay inside the checkout.
-export CASSAVA_CACHE ?= $(CURDIR)/.cache
+# Built and downloaded artefacts (stand-in and MobileNetV3 test models, synthetic photos, TF Hub cache) live outside
+# the checkout, so a fresh clone (CI's) reuses them; each is versioned by name, so a changed recipe builds anew.
+export CASSAVA_CACHE ?= $(HOME)/.cache/cassava
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: help install demo test lint compare bench images clean system-deps

@@ -7,7 +7,6 @@ benchmark measures what `cassava serve` would run.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -18,7 +17,6 @@ from cassava.shared.server.process import MLServerProcess as MLServer
 from cassava.shared.server.process import free_port
 
 REPO = Path(__file__).resolve().parents[1]
-os.environ.setdefault("CASSAVA_CACHE", str(REPO / ".cache"))
 
 __all__ = ["MLServer", "free_port", "standin_tflite", "tier_server", "REPO"]
 

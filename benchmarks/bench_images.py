@@ -175,5 +175,4 @@ def main() -> dict:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("CASSAVA_CACHE", str(REPO / ".cache"))
     main()

@@ -25,7 +25,6 @@ from typing import Dict, List
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-os.environ.setdefault("CASSAVA_CACHE", str(REPO / ".cache"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # (module in benchmarks/, what it measures)

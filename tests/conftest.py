@@ -1,14 +1,11 @@
 """Session-wide fixtures: the stand-in model is built once per run (and cached across runs in CASSAVA_CACHE)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-from helpers import REAL_MODEL, REAL_PHOTOS, REPO, require_shared
-
-os.environ.setdefault("CASSAVA_CACHE", str(REPO / ".cache"))
+from helpers import REAL_MODEL, REAL_PHOTOS, require_shared
 
 
 @pytest.fixture(scope="session")
