@@ -16,10 +16,17 @@ esac
 "$here/host-setup.sh"
 base="${BASE_IMAGE:-$("$here/base.sh" "$arch")}"
 wheelhouse="$("$here/wheels.sh" "$tier" "$platform")"
+# The Dockerfiles' build stage runs on this machine's architecture (no emulation): a multi-arch BASE_IMAGE serves
+# both, the Debian base is built once more for this machine when the target differs.
+case "$(uname -m)" in x86_64) host_arch=amd64 ;; aarch64) host_arch=arm64 ;; *) host_arch=$arch ;; esac
+build_args=(--build-arg BASE_IMAGE="$base" --build-arg WHEELHOUSE="$wheelhouse")
+if [ -z "${BASE_IMAGE:-}" ] && [ "$host_arch" != "$arch" ]; then
+  build_args+=(--build-arg BUILD_BASE_IMAGE="$("$here/base.sh" "$host_arch")")
+fi
 image="cassava-$tier"
 say "building $image:$tag ($platform) from $base"
 cd "$REPO_ROOT"
 # --network none: the proof that nothing is fetched while building.
-"$DOCKER" build --network none --platform "$platform" --build-arg BASE_IMAGE="$base" \
-  --build-arg WHEELHOUSE="$wheelhouse" -f "$tier/Dockerfile" -t "$image:$tag" -t "$image:latest" . >&2
+"$DOCKER" build --network none --platform "$platform" "${build_args[@]}" -f "$tier/Dockerfile" \
+  -t "$image:$tag" -t "$image:latest" . >&2
 echo "$image:$tag"
