@@ -11,7 +11,7 @@ import logging
 import sys
 
 from cassava import __version__
-from cassava.shared.errors import CassavaError
+from cassava.shared.errors import run_command
 
 # name -> (module with add_arguments(parser) and run(args), one-line help)
 COMMANDS = {
@@ -63,15 +63,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        return int(args.run(args) or 0)
-    except CassavaError as exc:
-        if args.debug:
-            raise
-        print(f"cassava {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"cassava {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return run_command(f"cassava {args.command}", lambda: int(args.run(args) or 0), args.debug)
     except Exception as exc:  # a bug or an environment problem: still one line unless asked for more
         if args.debug:
             raise

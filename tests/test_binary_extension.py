@@ -19,9 +19,9 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton_http
-from test_cloud import _shipped
+from test_cloud import real_cloud  # noqa: F401 (a fixture)
 
-from helpers import REAL_CLASSES, REPO, MLServer
+from helpers import REAL_CLASSES, REPO
 from test_convert import conversions, converted, real_args  # noqa: F401 (conversions: a fixture)
 from test_edge import _edge_server, no_tensorflow  # noqa: F401 (no_tensorflow: a fixture)
 
@@ -67,11 +67,8 @@ def edge_model(conversions, real_model):  # noqa: F811 (the fixture imported abo
 
 
 @pytest.fixture(scope="module")
-def cloud(tmp_path_factory, real_model):
-    model_settings, settings = _shipped(str(real_model), input_scale=255, classes=",".join(REAL_CLASSES))
-    server = MLServer(tmp_path_factory.mktemp("binary-cloud"), model_settings, settings).start(timeout=300)
-    yield server
-    server.stop()
+def cloud(real_cloud):  # noqa: F811 (the fixture imported above)
+    return real_cloud
 
 
 @pytest.fixture(scope="module")

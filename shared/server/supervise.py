@@ -18,7 +18,7 @@ import sys
 import threading
 from pathlib import Path
 
-from ..errors import CassavaError
+from ..errors import CassavaError, run_command
 from .process import LOAD_FAILURE_ENV, mlserver_command, stop, wait_ready
 
 MODEL_NAME = "cassava"
@@ -140,16 +140,9 @@ def main(argv=None) -> int:
     parser.add_argument("--debug", action="store_true")
     parser.add_argument("--remove-run-dir", action="store_true", help="a temporary run dir: removed at the end")
     args = parser.parse_args(argv)
+    said = _Said(args.model_line) if args.model_line else None
     try:
-        return serve(args.run_dir, args.tier, _Said(args.model_line) if args.model_line else None, args.debug)
-    except CassavaError as exc:
-        if args.debug:
-            raise
-        print(f"cassava serve: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("cassava serve: interrupted", file=sys.stderr)
-        return 130
+        return run_command("cassava serve", lambda: serve(args.run_dir, args.tier, said, args.debug), args.debug)
     finally:
         if args.remove_run_dir:
             shutil.rmtree(args.run_dir, ignore_errors=True)
