@@ -44,7 +44,7 @@ lint: install
 	$(BIN)/ruff check .
 
 test: install system-deps lint
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
 
 REAL_COMPARE := --cloud-model ../shared/models/cassava-cnn-256/saved_model --input-scale 255 --classes cbb,cbsd,cgm,cmd,healthy
 
