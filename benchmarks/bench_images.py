@@ -16,9 +16,10 @@ import hashlib
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
+
+from cassava.shared.server.process import free_port
+from cassava.shared.server.process import wait_ready as answered
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -29,8 +30,8 @@ DOCKER = "/usr/bin/docker" if os.access("/usr/bin/docker", os.X_OK) else "docker
 TARGET_TREE_MB = 220
 
 
-def tree_rss_mb(pid: int) -> float:
-    """RSS of a process and all its descendants, from /proc."""
+def process_tree(pid: int) -> tuple:
+    """(RSS in MB, number of processes) of a process and all its descendants, from /proc."""
     children = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -39,35 +40,22 @@ def tree_rss_mb(pid: int) -> float:
             except (OSError, IndexError, ValueError):
                 continue
             children.setdefault(ppid, []).append(int(entry.name))
-    total, todo = 0, [pid]
+    total, count, todo = 0, 0, [pid]
     while todo:
         current = todo.pop()
         try:
             status = Path(f"/proc/{current}/status").read_text()
             total += int(status.split("VmRSS:")[1].split()[0])
+            count += 1
         except (OSError, IndexError):
             pass
         todo += children.get(current, [])
-    return total / 1024
+    return total / 1024, count
 
 
-def wait_ready(url: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} not ready after {timeout:.0f} s")
-
-
-def free_port() -> int:
-    from cassava.shared.server.process import free_port as pick
-
-    return pick()
+def wait_ready(url: str, timeout: float, process=None) -> None:
+    if not answered(url, process, timeout):
+        raise TimeoutError(f"{url} not ready after {timeout:.0f} s")
 
 
 def int8_model() -> tuple:
@@ -116,22 +104,14 @@ def native_edge_tree(model: Path, data, bin_dir: Path = BIN) -> dict:
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         url = f"http://127.0.0.1:{ports[0]}"
-        wait_ready(f"{url}/v2/models/cassava/ready", 300)
-        ready = tree_rss_mb(process.pid)
+        wait_ready(f"{url}/v2/models/cassava/ready", 300, process)
+        ready, _ = process_tree(process.pid)
         classify(url, data)
-        served = tree_rss_mb(process.pid)
-        processes = 1 + len([p for p in Path("/proc").iterdir() if p.name.isdigit() and _parent(p) == process.pid])
+        served, processes = process_tree(process.pid)
     finally:
         process.terminate()
         process.wait(60)
     return {"ready_mb": ready, "served_mb": served, "processes": processes}
-
-
-def _parent(entry: Path) -> int:
-    try:
-        return int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return -1
 
 
 def build(tier: str) -> str:
