@@ -196,9 +196,19 @@ def response_to_binary(response: dict, wanted) -> Tuple[bytes, int]:
 # ---------------------------------------------------------------- client side (transport.HttpTransport)
 
 
+def tensor_data(tensor):
+    """A request input's data as given: MLServer's types wrap it in a root model, a client's may not."""
+    return getattr(tensor.data, "root", tensor.data)
+
+
+def _travels_binary(request_input) -> bool:
+    """The input carries binary_data_size: its data goes in the binary part of the body."""
+    return request_input.parameters is not None and getattr(request_input.parameters, SIZE, None) is not None
+
+
 def has_binary_inputs(request) -> bool:
     """An InferenceRequest some of whose inputs are to travel as binary (they carry binary_data_size)."""
-    return any(i.parameters is not None and getattr(i.parameters, SIZE, None) is not None for i in request.inputs)
+    return any(_travels_binary(i) for i in request.inputs)
 
 
 def encode_request(request) -> Tuple[bytes, int]:
@@ -207,11 +217,11 @@ def encode_request(request) -> Tuple[bytes, int]:
     header = request.model_dump(mode="json", exclude_none=True, exclude={"inputs"})
     inputs, segments = [], []
     for request_input in request.inputs:
-        if request_input.parameters is None or getattr(request_input.parameters, SIZE, None) is None:
+        if not _travels_binary(request_input):
             inputs.append(request_input.model_dump(mode="json", exclude_none=True))
             continue
-        data = request_input.data.root if hasattr(request_input.data, "root") else request_input.data
-        raw = tensor_bytes(request_input.datatype, request_input.shape, data, f"input {request_input.name!r}")
+        raw = tensor_bytes(request_input.datatype, request_input.shape, tensor_data(request_input),
+                           f"input {request_input.name!r}")
         entry = request_input.model_dump(mode="json", exclude_none=True, exclude={"data"})
         entry["parameters"][SIZE] = len(raw)
         inputs.append(entry)

@@ -20,6 +20,7 @@ from PIL import Image
 
 from ..errors import BadImage, CassavaError
 from ..preprocess import decode_image, preprocess
+from .binary import tensor_data
 
 
 class BadPayload(CassavaError):
@@ -47,7 +48,7 @@ class ImagePayloadCodec(InputCodec):
     @classmethod
     def decode_input(cls, request_input: RequestInput) -> List[bytes]:
         """-> the encoded files; base64 text is decoded, raw bytes kept (or decoded when marked base64)."""
-        items = request_input.data.root if hasattr(request_input.data, "root") else request_input.data
+        items = tensor_data(request_input)
         items = list(items) if isinstance(items, (list, tuple)) else [items]
         content_type = (request_input.parameters.content_type if request_input.parameters else None) or ""
         files = []

@@ -22,7 +22,7 @@ from mlserver.types import InferenceRequest, InferenceResponse, MetadataTensor, 
 from ..preprocess import pixel_range_ok, to_model_input
 from ..spec import ModelSpec
 from . import CLASS_IDS, FLOAT_INPUT, LABELS, PHOTOS_INPUT, PIXELS_INPUT, PROBABILITIES, WIRE_FORMATS
-from .binary import BASE64, numpy_dtype
+from .binary import BASE64, numpy_dtype, tensor_data
 from .images import BadPayload, ImagePayloadCodec
 
 DEFAULT_MAX_REQUEST_IMAGES = 64
@@ -113,12 +113,12 @@ def _is_base64_tensor(request_input: RequestInput) -> bool:
     """A fixed-size tensor as one base64 string of its little-endian bytes: how the REST layer hands MLServer an
     input that arrived in the binary data extension (protocol/binary.py)."""
     content_type = request_input.parameters.content_type if request_input.parameters else None
-    data = request_input.data.root if hasattr(request_input.data, "root") else request_input.data
+    data = tensor_data(request_input)
     return content_type == BASE64 and isinstance(data, str)
 
 
 def _base64_tensor(request_input: RequestInput) -> np.ndarray:
-    data = request_input.data.root if hasattr(request_input.data, "root") else request_input.data
+    data = tensor_data(request_input)
     try:
         raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):

@@ -98,9 +98,10 @@ class RestLayer:
             drop = {b"content-length", b"content-encoding", binary.HEADER_LENGTH.encode()}
             if wanted:
                 drop.add(b"accept-encoding")  # the JSON answer is reframed here, so it must come uncompressed
+            if rewritten:
+                drop.add(b"content-type")
             kept = [(k, v) for k, v in scope["headers"] if k.lower() not in drop]
             if rewritten:
-                kept = [(k, v) for k, v in kept if k.lower() != b"content-type"]
                 kept.append((b"content-type", b"application/json"))
             scope = {**scope, "headers": kept + [(b"content-length", str(len(body)).encode())]}
         await self.app(scope, _replay(body, receive), _binary_answer(send, wanted) if wanted else send)
@@ -168,8 +169,8 @@ def _binary_answer(send, wanted):
             return
         body, headers = b"".join(chunks), [(k, v) for k, v in start.get("headers", [])]
         if start["status"] == 200:
-            try:
-                body, header_length = binary.response_to_binary(json.loads(body), wanted)
+            try:  # MLServer wrote the answer with orjson
+                body, header_length = binary.response_to_binary(orjson.loads(body), wanted)
             except (ValueError, KeyError, TypeError) as exc:  # a bug here must not cost the client its answer
                 log.warning("could not frame the answer in binary, sending JSON: %s", exc)
             else:
