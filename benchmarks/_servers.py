@@ -1,4 +1,5 @@
-"""What the benchmarks share: the int8 stand-in TFLite model, and real MLServer processes for either tier.
+"""What the benchmarks share: the stand-in's and the real model's TFLite copies, and real MLServer processes for
+either tier.
 
 Process handling is the project's one helper (`cassava.shared.server.process`: free loopback ports, bounded start and
 stop), and a server's settings are the tier's shipped ones (`cassava.shared.server.serve.write_run_dir`), so a
@@ -17,8 +18,13 @@ from cassava.shared.server.process import MLServerProcess as MLServer
 from cassava.shared.server.process import free_port
 
 REPO = Path(__file__).resolve().parents[1]
+# The third-party test model and photos beside the repo (../shared); benchmarks that use them skip without them.
+REAL_MODEL = REPO.parent / "shared" / "models" / "cassava-cnn-256" / "saved_model"
+REAL_PHOTOS = REPO.parent / "shared" / "data" / "cassava-real"
+REAL_CLASSES = "cbb,cbsd,cgm,cmd,healthy"
 
-__all__ = ["MLServer", "free_port", "standin_tflite", "tier_server", "REPO"]
+__all__ = ["MLServer", "free_port", "real_tflite", "standin_tflite", "tier_server", "REPO", "REAL_MODEL", "REAL_PHOTOS",
+           "REAL_CLASSES"]
 
 
 def standin_tflite(quantize: str = "int8") -> Path:
@@ -33,6 +39,22 @@ def standin_tflite(quantize: str = "int8") -> Path:
             target.parent.mkdir(parents=True, exist_ok=True)
             command = [sys.executable, "-m", "cassava", "convert", "--model", "standin", "--out", str(target),
                        "--quantize", quantize]
+            result = subprocess.run(command, capture_output=True, text=True)
+            if result.returncode != 0:
+                raise RuntimeError(f"cassava convert failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
+    return target
+
+
+def real_tflite(quantize: str) -> Path:
+    """The real model converted (calibrated on the stand-in's synthetic photos), cached in CASSAVA_CACHE/bench/."""
+    from cassava.shared.cache import build_lock, cache_dir
+
+    target = cache_dir() / "bench" / f"real-{quantize}"
+    with build_lock(f"bench-real-{quantize}"):
+        if not (target / "model.tflite").is_file():
+            command = [sys.executable, "-m", "cassava", "convert", "--model", str(REAL_MODEL), "--input-scale", "255",
+                       "--classes", REAL_CLASSES, "--quantize", quantize, "--calibration", "standin:train",
+                       "--verify-data", str(REAL_PHOTOS), "--out", str(target), "--quiet"]
             result = subprocess.run(command, capture_output=True, text=True)
             if result.returncode != 0:
                 raise RuntimeError(f"cassava convert failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")

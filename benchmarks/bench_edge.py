@@ -20,11 +20,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _servers import REPO, standin_tflite, tier_server  # noqa: E402
+from _servers import REAL_CLASSES, REAL_MODEL, REAL_PHOTOS, real_tflite, standin_tflite, tier_server  # noqa: E402
 
-REAL_MODEL = REPO.parent / "shared" / "models" / "cassava-cnn-256" / "saved_model"
-REAL_PHOTOS = REPO.parent / "shared" / "data" / "cassava-real"
-REAL_CLASSES = "cbb,cbsd,cgm,cmd,healthy"
 VARIANTS = ("int8", "dynamic", "none")  # "none" = float32 TFLite, the size baseline
 # Targets (from the edge design): int8 must at least halve the per-image time of the TF model on the same core,
 # be under a third of the float TFLite file (int8 weights are 1/4 of float32, plus graph overhead), and the
@@ -43,22 +40,6 @@ BLOCK_TF = 'raise ImportError("TensorFlow is blocked: the edge runs without it")
 
 
 # ---------------------------------------------------------------------------------------------- models
-
-
-def real_tflite(quantize: str) -> Path:
-    """The real model converted (calibrated on the stand-in's synthetic photos), cached in CASSAVA_CACHE/bench/."""
-    from cassava.shared.cache import build_lock, cache_dir
-
-    target = cache_dir() / "bench" / f"real-{quantize}"
-    with build_lock(f"bench-real-{quantize}"):
-        if not (target / "model.tflite").is_file():
-            command = [sys.executable, "-m", "cassava", "convert", "--model", str(REAL_MODEL), "--input-scale", "255",
-                       "--classes", REAL_CLASSES, "--quantize", quantize, "--calibration", "standin:train",
-                       "--verify-data", str(REAL_PHOTOS), "--out", str(target), "--quiet"]
-            result = subprocess.run(command, capture_output=True, text=True)
-            if result.returncode != 0:
-                raise RuntimeError(f"cassava convert failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
-    return target
 
 
 def models() -> dict:

@@ -21,10 +21,9 @@ from pathlib import Path
 from cassava.shared.server.process import free_port
 from cassava.shared.server.process import wait_ready as answered
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-REAL_MODEL = SHARED / "models" / "cassava-cnn-256" / "saved_model"
-REAL_PHOTOS = SHARED / "data" / "cassava-real"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _servers import REAL_MODEL, REAL_PHOTOS, REPO, real_tflite, standin_tflite  # noqa: E402
+
 BIN = Path(sys.executable).parent
 DOCKER = "/usr/bin/docker" if os.access("/usr/bin/docker", os.X_OK) else "docker"
 TARGET_TREE_MB = 220
@@ -60,20 +59,9 @@ def wait_ready(url: str, timeout: float, process=None) -> None:
 
 def int8_model() -> tuple:
     """(converted dir, description): the real model's int8 copy when ../shared exists, else the stand-in's."""
-    from cassava.shared.cache import cache_dir
-
     if REAL_MODEL.exists():
-        out, args = cache_dir() / "bench-real-int8", ["--model", REAL_MODEL, "--input-scale", 255, "--classes",
-                                                      "cbb,cbsd,cgm,cmd,healthy", "--calibration", "standin:train",
-                                                      "--verify-data", REAL_PHOTOS]
-        what = "int8 copy of the third-party cassava-cnn-256"
-    else:
-        out, args = cache_dir() / "bench-standin-int8", ["--model", "standin"]
-        what = "int8 stand-in (stand-in model, synthetic data)"
-    if not (out / "model.tflite").exists():
-        subprocess.run([str(BIN / "cassava"), "convert", *map(str, args), "--out", str(out)], check=True,
-                       capture_output=True)
-    return out, what
+        return real_tflite("int8"), "int8 copy of the third-party cassava-cnn-256"
+    return standin_tflite("int8"), "int8 stand-in (stand-in model, synthetic data)"
 
 
 def classify(url: str, data) -> None:

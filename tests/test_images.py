@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from helpers import REAL_CLASSES, REAL_MODEL, REAL_PHOTOS, REPO, SHARED, free_port, require_shared, run_cli
+from test_convert import conversions, converted, real_args  # noqa: F401 (conversions: a fixture)
 
 pytestmark = [pytest.mark.containers, pytest.mark.slow, pytest.mark.timeout(3600)]
 
@@ -199,14 +200,11 @@ def real_cloud_model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def real_int8(tmp_path_factory) -> Path:
-    """`cassava convert` of the third-party model to int8, on this x86 machine, as a user would before deploying."""
+def real_int8(conversions) -> Path:  # noqa: F811 (the fixture imported above)
+    """`cassava convert` of the third-party model to int8, on this x86 machine, as a user would before deploying
+    (the suite's one conversion of it, shared with test_convert and test_edge)."""
     require_shared(REAL_MODEL, REAL_PHOTOS)
-    out = tmp_path_factory.mktemp("real-int8") / "model"
-    result = run_cli("convert", "--model", REAL_MODEL, "--input-scale", 255, "--classes", ",".join(REAL_CLASSES),
-                     "--calibration", "standin:train", "--verify-data", REAL_PHOTOS, "--out", out, timeout=900)
-    assert result.returncode == 0, result.stderr
-    return out
+    return converted(conversions, "real-int8", *real_args("int8"))
 
 
 def edge_photos() -> list:
