@@ -21,7 +21,7 @@ import numpy as np
 
 from cassava.shared.errors import CassavaError
 from cassava.shared.labels import parse_class_list
-from cassava.shared.spec import SPEC_FILE, STANDIN_NOTE
+from cassava.shared.spec import SPEC_FILE, STANDIN_NOTE, TFLITE_FILE
 
 MODES = ("int8", "dynamic", "float16", "none")
 IO_TYPES = ("uint8", "int8", "float32")
@@ -403,7 +403,7 @@ def native_output_to(log_path: Path):
 
 def remove_outputs(out: Path) -> None:
     """A failed conversion leaves no servable model behind, not even one from an earlier run."""
-    for name in ("model.tflite", SPEC_FILE):
+    for name in (TFLITE_FILE, SPEC_FILE):
         if (out / name).is_file():
             (out / name).unlink()
             print(f"removed the previous {out / name}", file=sys.stderr)
@@ -470,7 +470,7 @@ def run(args) -> int:
     if selective and not selective["met"]:
         print(f"warning: no copy tried reaches --target-agreement {args.target_agreement:.1%}; wrote the best one "
               f"({selective['chosen']}, {_interval(report['verification'])})", file=sys.stderr)
-    print(f"wrote {out / 'model.tflite'}, {out / SPEC_FILE} and {out / REPORT_FILE}")
+    print(f"wrote {out / TFLITE_FILE}, {out / SPEC_FILE} and {out / REPORT_FILE}")
     return 0
 
 
@@ -571,7 +571,7 @@ def check_and_write(args, tf, source, path: Path, content: bytes, quantize: str,
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
-        (staging / "model.tflite").write_bytes(content)
+        (staging / TFLITE_FILE).write_bytes(content)
         tflite_spec.save(staging)
         verification, reason = None, None
         if flex_ops:
@@ -586,7 +586,7 @@ def check_and_write(args, tf, source, path: Path, content: bytes, quantize: str,
         report = {
             "model": str(args.model), "source_path": str(path), "description": tflite_spec.title,
             "standin": spec.standin,
-            "out": str(out / "model.tflite"), "quantize": quantize,
+            "out": str(out / TFLITE_FILE), "quantize": quantize,
             "io": {"input": tflite_spec.tflite["input"], "output": tflite_spec.tflite["output"]},
             "calibration": calibration_info, "data": data,
             "verification": verification, "min_agreement": args.min_agreement,
@@ -601,8 +601,8 @@ def check_and_write(args, tf, source, path: Path, content: bytes, quantize: str,
         print(table(report))
         (out / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
         if not accepted:
-            raise CassavaError(f"refused to write {out / 'model.tflite'}: {reason} (details in {out / REPORT_FILE})")
-        for name in ("model.tflite", SPEC_FILE):
+            raise CassavaError(f"refused to write {out / TFLITE_FILE}: {reason} (details in {out / REPORT_FILE})")
+        for name in (TFLITE_FILE, SPEC_FILE):
             (staging / name).replace(out / name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -27,11 +27,10 @@ import numpy as np
 from cassava.shared.classifier import softmax
 from cassava.shared.errors import CassavaError
 from cassava.shared.native import debugging, native_stderr_silenced
-from cassava.shared.spec import ModelSpec, apply_overrides, base_spec, check_interface, read_spec_file
+from cassava.shared.spec import TFLITE_FILE, ModelSpec, apply_overrides, base_spec, check_interface, read_spec_file
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "model.tflite"
 # (name, module with `Interpreter`), in order of preference; TensorFlow last because it weighs ~1 GB.
 BACKENDS = (
     ("ai-edge-litert", "ai_edge_litert.interpreter"),
@@ -76,10 +75,10 @@ def model_file(model) -> Path:
     """A .tflite file, or a folder holding model.tflite (as written by `cassava convert`)."""
     path = Path(model)
     if path.is_dir():
-        path = path / MODEL_FILE
+        path = path / TFLITE_FILE
     if not path.is_file():
         raise CassavaError(f"model {model}: no such TFLite file (expected a .tflite file or a folder with "
-                           f"{MODEL_FILE}; make one with `cassava convert`)")
+                           f"{TFLITE_FILE}; make one with `cassava convert`)")
     return path
 
 

@@ -113,13 +113,6 @@ def draw_leaf(rng: np.random.Generator, cls: str, size: int = 224) -> np.ndarray
     return _with_noise(image, rng, 3)
 
 
-def generate(per_class: int, seed: int, classes=CROPNET_CLASSES, size: int = 224):
-    """Yield (class_name, index, image) for `per_class` images of every class, deterministically."""
-    for class_index, cls in enumerate(classes):
-        for i, image in enumerate(draw_class(per_class, seed, class_index, cls, size)):
-            yield cls, i, image
-
-
 def draw_class(per_class: int, seed: int, class_index: int, cls: str, size: int = 224):
     """The images of one class: each class has its own random stream, so classes can be drawn in any order."""
     rng = np.random.default_rng([seed, class_index])

@@ -25,7 +25,7 @@ import numpy as np
 from ..data import describe, is_standin_data, load_samples, preprocess_samples
 from ..errors import CassavaError
 from ..labels import parse_class_list
-from ..spec import CROPNET_HANDLE, STANDIN_NOTE, model_kind, read_spec_file
+from ..spec import CROPNET_HANDLE, STANDIN_NOTE, TFLITE_FILE, model_kind, read_spec_file
 
 DEFAULT_VARIANTS = ("int8", "dynamic", "float16")
 CLOUD_NAME = "cloud TF"
@@ -83,8 +83,8 @@ def disk_size(path) -> Optional[int]:
     path = Path(path)
     if path.is_file():
         return path.stat().st_size
-    if (path / "model.tflite").is_file():
-        return (path / "model.tflite").stat().st_size
+    if (path / TFLITE_FILE).is_file():
+        return (path / TFLITE_FILE).stat().st_size
     if path.is_dir():
         return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
     return None
@@ -95,7 +95,7 @@ def _tflite_variant(path: Path, spec) -> str:
     for key in ("quantize", "quantization", "variant", "mode"):
         if isinstance(info.get(key), str):
             return info[key]
-    stem = path.parent.name if path.name == "model.tflite" else path.stem if path.suffix == ".tflite" else path.name
+    stem = path.parent.name if path.name == TFLITE_FILE else path.stem if path.suffix == ".tflite" else path.name
     return stem
 
 

@@ -25,8 +25,6 @@ from ..spec import CROPNET_HANDLE, is_model_path, model_kind
 from ..tiers import TIERS
 from .supervise import model_line, serve  # noqa: F401 (serve: the supervisor, also used by tests)
 
-MODEL_NAME = "cassava"
-
 
 def add_arguments(parser):
     parser.add_argument("tier", choices=tuple(TIERS), help="cloud: full TF model; edge: TFLite model (no TensorFlow)")
@@ -188,8 +186,3 @@ def write_run_dir(run_dir, tier: str, model: str, host: str, ports, workers=None
         raise CassavaError(f"--run-dir {run_dir} holds other models' settings ({others[0]}); MLServer would load them "
                            "too: use an empty folder")
     return run_dir
-
-
-# ---------------------------------------------------------------- running MLServer
-
-
