@@ -85,9 +85,12 @@ def folder_samples(folder: Path, known_classes: Iterable[str] = CROPNET_CLASSES)
             f"--data {folder}: sub-folder(s) {', '.join(unknown)} are not class names "
             f"(expected some of {', '.join(known_classes)})"
         )
-    per_class = [[Sample(str(p), sub.name, p) for p in _images_in(sub)] for sub in subfolders]
-    interleaved = itertools.chain.from_iterable(itertools.zip_longest(*per_class))
-    return [s for s in interleaved if s is not None]
+    return _interleave([[Sample(str(p), sub.name, p) for p in _images_in(sub)] for sub in subfolders])
+
+
+def _interleave(groups) -> list:
+    """One from each group in turn (a class-balanced prefix), until every group is used up."""
+    return [s for s in itertools.chain.from_iterable(itertools.zip_longest(*groups)) if s is not None]
 
 
 def stratified_split(samples: Sequence[Sample], first: int, seed: int = 0):
@@ -111,11 +114,7 @@ def stratified_split(samples: Sequence[Sample], first: int, seed: int = 0):
         order = [group[i] for i in rng.permutation(len(group))]
         heads.append(order[:counts[label]])
         tails.append(order[counts[label]:])
-
-    def interleave(groups):
-        return [s for s in itertools.chain.from_iterable(itertools.zip_longest(*groups)) if s is not None]
-
-    return interleave(heads), interleave(tails)
+    return _interleave(heads), _interleave(tails)
 
 
 def tfds_samples(spec: str):
