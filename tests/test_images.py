@@ -17,14 +17,14 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import yaml
+
+from cassava.shared.server.process import answers_ok
 
 from helpers import REAL_CLASSES, REAL_MODEL, REAL_PHOTOS, REPO, SHARED, free_port, require_shared, run_cli
 from test_convert import conversions, converted, real_args  # noqa: F401 (conversions: a fixture)
@@ -119,7 +119,7 @@ class Container:
     def wait_ready(self, port: int, path: str = "/v2/health/ready", timeout: float = 600) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if http_status(self.url(port) + path) == 200:
+            if answers_ok(self.url(port) + path, timeout=5):
                 return
             assert self.running(), f"{self.name} exited before it was ready:\n{self.logs()[-3000:]}"
             time.sleep(1)
@@ -130,16 +130,6 @@ class Container:
 
     def stop(self):
         docker("rm", "-f", self.name, check=False)
-
-
-def http_status(url: str, timeout: float = 5) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status
-    except urllib.error.HTTPError as error:
-        return error.code
-    except (OSError, ValueError):
-        return 0
 
 
 def grpc_server_ready(address: str) -> bool:
@@ -182,7 +172,7 @@ def check_probes(running: Container, container: dict, ports: dict) -> None:
     for probe in probes:
         get = probe["httpGet"]
         port = ports[get["port"]] if isinstance(get["port"], str) else get["port"]
-        assert http_status(running.url(port) + get["path"]) == 200, f"probe {get} fails on the container"
+        assert answers_ok(running.url(port) + get["path"], timeout=5), f"probe {get} fails on the container"
 
 
 # ----------------------------------------------------------------------------- models and answers
@@ -286,7 +276,7 @@ def test_edge_plain_manifest_matches_the_edge_container(edge_image, real_int8):
     try:
         container.wait_ready(ports["http"], timeout=900)
         check_probes(container, spec, ports)
-        assert http_status(container.url(ports["metrics"]) + "/metrics") == 200
+        assert answers_ok(container.url(ports["metrics"]) + "/metrics", timeout=5)
         assert grpc_server_ready(container.url(ports["grpc"]).removeprefix("http://"))
         assert container.exec("id", "-u").stdout.strip() == str(pod["securityContext"]["runAsUser"])
     finally:
@@ -348,7 +338,7 @@ def test_cloud_container_as_the_seldondeployment_runs_it(cloud_image, real_cloud
     try:
         container.wait_ready(ports["http"], timeout=600)
         check_probes(container, spec, ports)
-        assert http_status(container.url(ports["metrics"]) + "/metrics") == 200
+        assert answers_ok(container.url(ports["metrics"]) + "/metrics", timeout=5)
         assert grpc_server_ready(container.url(ports["grpc"]).removeprefix("http://"))
         pre_stop = container.exec(*spec["lifecycle"]["preStop"]["exec"]["command"])
         assert pre_stop.returncode == 0, f"the preStop hook fails in the image: {pre_stop.stderr}"
