@@ -128,10 +128,13 @@ class HttpTransport:
 
     def ready(self, timeout: float = 1.0) -> bool:
         """`/v2/health/ready` answers 200 in time (a short probe, never retried)."""
+        return self._answers_ok(f"{self.base_url}/v2/health/ready", timeout)
+
+    def _answers_ok(self, url: str, timeout: float) -> bool:
         import httpx
 
         try:
-            return self._client.get(f"{self.base_url}/v2/health/ready", timeout=timeout).status_code == 200
+            return self._client.get(url, timeout=timeout).status_code == 200
         except httpx.HTTPError:
             return False
 
@@ -178,13 +181,7 @@ class HttpTransport:
     def model_ready(self, timeout: float = 2.0) -> bool:
         """`/v2/models/NAME/ready` answers 200. MLServer answers requests to a model still loading with a 400, which
         is a transient 503 in all but name: a 400 from a model that is not ready is retried (and fails over)."""
-        import httpx
-
-        try:
-            url = f"{self.base_url}/v2/models/{self.model_name}/ready"
-            return self._client.get(url, timeout=timeout).status_code == 200
-        except httpx.HTTPError:
-            return False
+        return self._answers_ok(f"{self.base_url}/v2/models/{self.model_name}/ready", timeout)
 
     def close(self):
         self._client.close()
