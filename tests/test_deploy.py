@@ -24,6 +24,10 @@ REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
 CRD_DIR = REPO.parent / "shared" / "k8s" / "crds"
 CRD_FILE = CRD_DIR / "seldondeployments.machinelearning.seldon.io-v1.17.1.yaml"
+KSERVE_CRD_DIR = CRD_DIR / "kserve"
+KSERVE_GROUP = "serving.kserve.io"
+KSERVE_CRDS = {"InferenceService": "serving.kserve.io_inferenceservices.yaml",
+               "ServingRuntime": "serving.kserve.io_servingruntimes.yaml"}
 VALUES_FILE = DEPLOY / "seldon" / "predictor-servers-values.yaml"
 
 NAMESPACE = "cassava"
@@ -46,10 +50,12 @@ NO_ENGINE = "seldon.io/no-engine"
 MODEL_MOUNT = "/mnt/models"
 
 # Every kustomization the README documents; more may exist and are rendered and validated too.
-EXPECTED_KUSTOMIZATIONS = {".", "cloud", "edge", "overlays/autoscale", "overlays/edge-plain", "overlays/ingress-nginx"}
+EXPECTED_KUSTOMIZATIONS = {".", "cloud", "edge", "kserve", "overlays/autoscale", "overlays/edge-plain",
+                           "overlays/ingress-nginx"}
 KUSTOMIZATIONS = sorted(str(p.parent.relative_to(DEPLOY)) for p in DEPLOY.rglob("kustomization.yaml"))
-# The plain-Deployment edge variant is for KubeEdge clusters without Seldon: every other kustomization has SDeps.
-WITHOUT_SELDON = ("overlays/edge-plain",)
+# The plain-Deployment edge variant is for KubeEdge clusters without Seldon, deploy/kserve for KServe clusters: every
+# other kustomization has SDeps.
+WITHOUT_SELDON = ("kserve", "overlays/edge-plain")
 WITH_SELDON = [k for k in KUSTOMIZATIONS if k not in WITHOUT_SELDON]
 
 
@@ -79,6 +85,11 @@ def is_seldon(doc: dict) -> bool:
     return doc["apiVersion"].split("/")[0] == SELDON_GROUP
 
 
+def is_custom(doc: dict) -> bool:
+    """A custom resource (Seldon, KServe): checked against its CRD, not the core Kubernetes schemas."""
+    return doc["apiVersion"].split("/")[0] in (SELDON_GROUP, KSERVE_GROUP)
+
+
 def sdeps(docs: list) -> list:
     return [d for d in docs if d["kind"] == "SeldonDeployment"]
 
@@ -87,6 +98,14 @@ def one(docs: list, kind: str, name: str) -> dict:
     found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
     assert len(found) == 1, f"expected one {kind}/{name}, found {len(found)}"
     return found[0]
+
+
+def _kserve_runtime() -> dict:
+    return one(render("kserve"), "ServingRuntime", "cassava-mlserver")
+
+
+def _kserve_service() -> dict:
+    return one(render("kserve"), "InferenceService", MODEL)
 
 
 def graph_nodes(node: dict):
@@ -100,7 +119,7 @@ def pod_specs(doc: dict) -> list:
         return [cs["spec"] for p in doc["spec"]["predictors"] for cs in p.get("componentSpecs") or [] if cs.get("spec")]
     if doc["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
         return [doc["spec"]["template"]["spec"]]
-    if doc["kind"] == "Pod":
+    if doc["kind"] in ("Pod", "ServingRuntime"):  # a ServingRuntime's spec is a pod template's spec, in part
         return [doc["spec"]]
     return []
 
@@ -171,7 +190,7 @@ def test_kustomization_renders(rel):
 
 
 def _core_docs(rel: str) -> list:
-    return [d for d in render(rel) if not is_seldon(d)]
+    return [d for d in render(rel) if not is_custom(d)]
 
 
 def test_there_are_core_kinds_to_validate():
@@ -501,6 +520,10 @@ def _workloads():
         for doc in render(rel):
             for spec in pod_specs(doc):
                 yield f"{rel}: {doc['kind']}/{doc['metadata']['name']}", spec
+    # On KServe the runtime holds the containers and the InferenceService's predictor the pod's grace period.
+    runtime, service = _kserve_runtime(), _kserve_service()
+    grace = service["spec"]["predictor"]["terminationGracePeriodSeconds"]
+    yield "kserve: ServingRuntime + InferenceService", {**runtime["spec"], "terminationGracePeriodSeconds": grace}
 
 
 @pytest.mark.parametrize("where,pod", list(_workloads()), ids=lambda value: value if isinstance(value, str) else "")
@@ -576,3 +599,104 @@ def test_cloud_metrics_port_matches_cloud_settings():
 @pytest.mark.parametrize("rel", WITHOUT_SELDON)
 def test_the_plain_edge_variant_needs_no_seldon(rel):
     assert sdeps(render(rel)) == []
+
+
+# ----------------------------------------------------------------------------- KServe (deploy/kserve)
+
+def _strict(node):
+    """A CRD schema as the API server applies it with strict field validation: objects that list their properties
+    take no others (unless marked x-kubernetes-preserve-unknown-fields), so a misspelt field is an error."""
+    if isinstance(node, dict):
+        node = {k: _strict(v) for k, v in node.items()}
+        if "properties" in node and "additionalProperties" not in node \
+                and not node.get("x-kubernetes-preserve-unknown-fields"):
+            node["additionalProperties"] = False
+        return node
+    if isinstance(node, list):
+        return [_strict(v) for v in node]
+    return node
+
+
+@functools.lru_cache(maxsize=None)
+def _kserve_schema(kind: str, version: str) -> dict:
+    path = KSERVE_CRD_DIR / KSERVE_CRDS[kind]
+    if not path.exists():
+        pytest.skip(f"KServe CRD not found at {path} (../shared is absent)")
+    crd = yaml.safe_load(path.read_text())
+    assert crd["spec"]["names"]["kind"] == kind
+    (served,) = [v for v in crd["spec"]["versions"] if v["name"] == version]
+    assert served["served"], f"{kind} {version} is not served by KServe 0.20"
+    return _strict(_int_or_string(served["schema"]["openAPIV3Schema"]))
+
+
+def _kserve_errors(doc: dict) -> list:
+    import jsonschema
+
+    group, version = doc["apiVersion"].split("/")
+    assert group == KSERVE_GROUP
+    return _schema_errors(jsonschema.Draft7Validator(_kserve_schema(doc["kind"], version)), doc)
+
+
+def test_kserve_manifests_match_the_crd_schemas():
+    docs = render("kserve")
+    assert sorted(d["kind"] for d in docs) == ["InferenceService", "ServingRuntime"]
+    for doc in docs:
+        errors = _kserve_errors(doc)
+        assert not errors, f"{doc['kind']}/{doc['metadata']['name']}: " + "; ".join(errors)
+
+
+def test_kserve_schema_check_catches_misspelt_fields_and_wrong_types():
+    service = _kserve_service()
+    misspelt = copy.deepcopy(service)
+    misspelt["spec"]["predictor"]["minReplica"] = 1
+    assert any("minReplica" in e for e in _kserve_errors(misspelt))
+    wrong_type = copy.deepcopy(service)
+    wrong_type["spec"]["predictor"]["maxReplicas"] = "five"
+    assert _kserve_errors(wrong_type)
+    runtime = _kserve_runtime()
+    misspelt = copy.deepcopy(runtime)
+    misspelt["spec"]["containers"][0]["imagePullPolcy"] = "Always"
+    assert _kserve_errors(misspelt)
+
+
+def test_kserve_service_runs_on_the_project_runtime_and_scales():
+    service, runtime = _kserve_service(), _kserve_runtime()
+    predictor = service["spec"]["predictor"]
+    model = predictor["model"]
+    assert model["runtime"] == runtime["metadata"]["name"]
+    assert model["protocolVersion"] == "v2" and "v2" in runtime["spec"]["protocolVersions"]
+    formats = {(f["name"], f.get("version")) for f in runtime["spec"]["supportedModelFormats"]}
+    assert (model["modelFormat"]["name"], model["modelFormat"].get("version")) in formats
+    assert re.match(r"^(s3|gs|pvc|https?)://", model["storageUri"]), model["storageUri"]
+    # Horizontal scaling: KServe's HPA between min and max replicas on CPU, as the Seldon autoscale overlay.
+    assert 1 <= predictor["minReplicas"] < predictor["maxReplicas"]
+    assert predictor["scaleMetric"] == "cpu" and 0 < predictor["scaleTarget"] <= 100
+    # Two ports (REST + gRPC) and no scale-to-zero: KServe's Standard mode, not Knative.
+    assert service["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "RawDeployment"
+
+
+def test_kserve_runtime_runs_the_cloud_image_as_its_settings_say():
+    runtime = _kserve_runtime()
+    (container,) = runtime["spec"]["containers"]
+    assert container["name"] == "kserve-container"  # the name KServe's controller looks for
+    assert container["image"] == CLOUD_IMAGE
+    env = env_of(container)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    # KServe routes REST to the first port and gRPC to the one named h2c.
+    assert container["ports"][0]["name"] == "http1"
+    assert ports["http1"] == int(env["MLSERVER_HTTP_PORT"]) and ports["h2c"] == int(env["MLSERVER_GRPC_PORT"])
+    assert env["MLSERVER_MODEL_URI"] == MODEL_MOUNT  # where KServe's storage initializer puts storageUri
+    assert int(env["MLSERVER_METRICS_PORT"]) == settings_port("cloud", "metrics")
+    assert runtime["spec"]["annotations"]["prometheus.kserve.io/port"] == env["MLSERVER_METRICS_PORT"]
+    for probe, path in (("startupProbe", "/v2/health/live"), ("livenessProbe", "/v2/health/live"),
+                        ("readinessProbe", "/v2/health/ready")):
+        get = container[probe]["httpGet"]
+        assert get["path"] == path and port_number(container, get["port"]) == ports["http1"]
+    # The same placement as the Seldon cloud workload: amd64, never a KubeEdge edge node.
+    (term,) = runtime["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"]
+    expressions = {e["key"]: e for e in term["matchExpressions"]}
+    assert expressions[EDGE_LABEL]["operator"] == "DoesNotExist"
+    assert expressions[ARCH_LABEL]["values"] == ["amd64"]
+    # The image's model-settings.json names the model `cassava`, the InferenceService's name: one inference path.
+    assert load_json(REPO / "cloud" / "model-settings.json")["name"] == _kserve_service()["metadata"]["name"]
