@@ -21,7 +21,7 @@ import pytest
 from cassava.shared.data import load_samples
 from cassava.shared.labels import CROPNET_CLASSES
 
-from helpers import REPO, MLServer, free_port, run_cli, stop_process_group, wait_ready
+from helpers import REPO, MLServer, Nginx, free_port, run_cli
 
 pytestmark = pytest.mark.slow
 STANDIN_NOTE = "stand-in model, synthetic data"
@@ -111,42 +111,6 @@ def doomed_edge(edge_model, tmp_path):
     server = MLServer(tmp_path / "doomed-edge", _model_settings("edge", edge_model)).start(timeout=300)
     yield server
     server.stop()
-
-
-class Nginx:
-    """A real nginx playing the Seldon ingress: /seldon/default/cassava/ in front of the given replicas."""
-
-    def __init__(self, workdir: Path, replicas):
-        self.workdir, self.port = Path(workdir), free_port()
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.binary = shutil.which("nginx") or ("/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None)
-        servers = "\n        ".join(f"server 127.0.0.1:{r.http_port} max_fails=1 fail_timeout=60s;" for r in replicas)
-        template = (Path(__file__).parent / "nginx_seldon.conf.template").read_text()
-        for key, value in {"@TMP@": str(self.workdir), "@PORT@": str(self.port), "@SERVERS@": servers,
-                           "@NAMESPACE@": "default", "@DEPLOYMENT@": "cassava"}.items():
-            template = template.replace(key, value)
-        (self.workdir / "nginx.conf").write_text(template)
-        self.access_log = self.workdir / "access.log"
-        self.process = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> "Nginx":
-        log = open(self.workdir / "nginx.stderr", "ab")
-        self.process = subprocess.Popen([self.binary, "-p", str(self.workdir), "-c", str(self.workdir / "nginx.conf"),
-                                         "-e", "stderr"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_ready(f"{self.url}/seldon/default/cassava/v2/health/ready", 60, self.process)
-        return self
-
-    def infer_lines(self) -> list:
-        if not self.access_log.exists():
-            return []
-        return [line for line in self.access_log.read_text().splitlines() if "/v2/models/cassava/infer" in line]
-
-    def stop(self):
-        stop_process_group(self.process)
 
 
 # ---------------------------------------------------------------------------------------------- --local

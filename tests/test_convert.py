@@ -5,7 +5,6 @@ Each conversion runs the real console script once per session (`convert_once`, s
 """
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import textwrap
@@ -14,55 +13,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import REAL_CLASSES, REAL_MODEL, REAL_PHOTOS, run_cli
+from helpers import (
+    REAL_CLASSES,
+    convert_once,
+    converted,
+    real_args,
+    report_of,
+    run_cli,
+    spec_of,
+    standin_args,
+)
 
 pytestmark = pytest.mark.slow
 
 MODES = ("int8", "dynamic", "float16", "none")
-_CONVERTED: dict = {}
-
-
-def convert_once(root: Path, name: str, *args) -> subprocess.CompletedProcess:
-    """`cassava convert ARGS --out root/name`, run once per session per name; the result is memoised."""
-    if name not in _CONVERTED:
-        out = root / name
-        result = run_cli("convert", *args, "--out", out, "--quiet", timeout=900)
-        result.out = out
-        _CONVERTED[name] = result
-    return _CONVERTED[name]
-
-
-def converted(root: Path, name: str, *args) -> Path:
-    """A conversion that must succeed: -> its output folder."""
-    result = convert_once(root, name, *args)
-    assert result.returncode == 0, f"cassava convert {name} failed:\n{result.stderr[-3000:]}"
-    return result.out
-
-
-def standin_args(mode: str, *extra) -> tuple:
-    return ("--model", "standin", "--quantize", mode, *extra)
-
-
-def real_args(mode: str) -> tuple:
-    # Calibration: the stand-in's synthetic train photos, resized to 256 by the shared preprocessing. The 27 real
-    # photos are the only real test set; calibrating on them would make the agreement measured on them optimistic.
-    return ("--model", REAL_MODEL, "--input-scale", "255", "--classes", ",".join(REAL_CLASSES), "--quantize", mode,
-            "--calibration", "standin:train", "--verify-data", REAL_PHOTOS)
-
-
-@pytest.fixture(scope="session")
-def conversions(tmp_path_factory) -> Path:
-    return tmp_path_factory.getbasetemp() / "conversions"
-
-
-def report_of(out: Path) -> dict:
-    return json.loads((out / "conversion-report.json").read_text())
-
-
-def spec_of(out: Path) -> dict:
-    return json.loads((out / "cassava-model.json").read_text())
-
-
 def last_line(result) -> str:
     return result.stderr.strip().splitlines()[-1]
 

@@ -26,8 +26,19 @@ import yaml
 
 from cassava.shared.server.process import answers_ok
 
-from helpers import REAL_CLASSES, REAL_MODEL, REAL_PHOTOS, REPO, SHARED, free_port, require_shared, run_cli
-from test_convert import conversions, converted, real_args  # noqa: F401 (conversions: a fixture)
+from helpers import (
+    REAL_CLASSES,
+    REAL_MODEL,
+    REAL_PHOTOS,
+    REPO,
+    SHARED,
+    Nginx,
+    converted,
+    free_port,
+    real_args,
+    require_shared,
+    run_cli,
+)
 
 pytestmark = [pytest.mark.containers, pytest.mark.slow, pytest.mark.timeout(3600)]
 
@@ -326,7 +337,6 @@ grep 'cassava (edge) on' /tmp/serve.log
 def test_cloud_container_as_the_seldondeployment_runs_it(cloud_image, real_cloud_model, real_photos, tmp_path):
     """Env, ports and probes of the rendered SeldonDeployment on the real cloud container with the real model;
     `cassava predict --remote` through nginx playing the Seldon ingress answers like the model in-process."""
-    from test_client import Nginx
 
     spec, _ = rendered_container("cloud", "SeldonDeployment")
     assert spec["image"] == cloud_image, "the manifest names the image `make images` builds"

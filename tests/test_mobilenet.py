@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from test_convert import convert_once, converted, report_of, spec_of
+from helpers import convert_once, converted, report_of, spec_of
 
 pytestmark = pytest.mark.slow
 

@@ -8,8 +8,7 @@ import shutil
 
 import pytest
 
-from helpers import free_port, run_cli
-from test_convert import converted, standin_args
+from helpers import converted, free_port, run_cli, standin_args
 
 pytestmark = pytest.mark.slow
 

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import BIN, REPO, MLServer
-from test_convert import converted, standin_args
+from helpers import BIN, REPO, MLServer, converted, standin_args
 
 pytestmark = pytest.mark.slow
 
