@@ -39,6 +39,13 @@ def run_cli(*args, env=None, timeout=600, cwd=None) -> subprocess.CompletedProce
                           timeout=timeout, env={**os.environ, **(env or {})}, cwd=cwd)
 
 
+def parse_args(*argv):
+    """The real `cassava` parser, in this process: arguments exactly as the command line gives them."""
+    from cassava.cli import build_parser
+
+    return build_parser().parse_args([str(a) for a in argv])
+
+
 def require_shared(*paths: Path):
     import pytest
 
