@@ -54,7 +54,11 @@ def test_help_lists_every_command():
     assert result.returncode == 0
     for command in ("predict", "serve", "convert", "compare", "demo"):
         assert command in result.stdout, f"{command} missing from help"
-    assert run_cli("predict", "--help").returncode == 0
+    result = run_cli("predict", "--help")
+    assert result.returncode == 0 and result.stdout.startswith("usage: cassava predict")
+    for flag in ("--in-process", "--local", "--remote", "--edge", "--auto", "--cloud", "--data", "--wire", "--grpc",
+                 "--retries", "--json", "--csv", "--plot"):  # every mode and output the README documents
+        assert f" {flag}" in result.stdout, f"{flag} missing from predict --help"
 
 
 def test_spec_file_roundtrip_and_validation(tmp_path):
