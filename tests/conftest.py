@@ -3,6 +3,7 @@ conversion runs once per session, and servers several modules use are defined he
 another; plain helpers live in helpers.py)."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -83,3 +84,21 @@ def real_cloud(tmp_path_factory, real_model):
     server = MLServer(tmp_path_factory.mktemp("cloud-real"), model_settings, settings).start(timeout=300)
     yield server
     server.stop()
+
+
+# ---------------------------------------------------------------------------------------------- skips, for CI
+
+_SKIPPED: list = []
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        _SKIPPED.append({"test": report.nodeid, "reason": reason})
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """With CASSAVA_SKIPS_FILE set (.ci/run sets it), every skipped test and why, as JSON, for .ci/check_skips.py."""
+    path = os.environ.get("CASSAVA_SKIPS_FILE")
+    if path:
+        Path(path).write_text(json.dumps(_SKIPPED, indent=1) + "\n")

@@ -50,8 +50,9 @@ def watch_model(standin_model, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def photos(real_photos):
-    return sorted(real_photos.glob("*/*.jpg"))[:6]
+def photos(standin_data):
+    """Six of the stand-in's synthetic photos (JPEG files, two classes): what the watch does needs no real ones."""
+    return sorted(standin_data.glob("cbb/*.jpg"))[:3] + sorted(standin_data.glob("cmd/*.jpg"))[:3]
 
 
 def test_folder_watch_survives_a_restart_without_repeats(watch_model, photos, tmp_path):
