@@ -204,7 +204,9 @@ def test_forward_keeps_a_backlog_while_the_cloud_is_down(watch_model, photos, tm
     inbox, out = tmp_path / "inbox", tmp_path / "results.jsonl"
     forwarded = tmp_path / "results.forwarded.jsonl"
     inbox.mkdir()
-    proc = _watch(watch_model, inbox, out, "--forward", cloud.url)
+    stderr = tmp_path / "watch.stderr"
+    with open(stderr, "w") as handle:
+        proc = _watch(watch_model, inbox, out, "--forward", cloud.url, stderr=handle)
     try:
         for photo in photos[:2]:
             _drop(photo, inbox)
@@ -213,10 +215,12 @@ def test_forward_keeps_a_backlog_while_the_cloud_is_down(watch_model, photos, tm
         for photo in photos[2:4]:
             _drop(photo, inbox)
         _wait_for(lambda: len(_lines(out)) >= 4, what="4 results while offline")
-        time.sleep(1.0)
+        # The watch found the cloud gone with a backlog (its own line says so): no clock to guess at.
+        _wait_for(lambda: "paused: the cloud does not answer" in stderr.read_text(), what="forwarding paused")
         assert len(_lines(forwarded)) == 2  # the two new ones wait in the backlog
         cloud.start()  # and comes back
         _wait_for(lambda: len(_lines(forwarded)) >= 4, what="backlog delivered")
+        assert "resumed" in stderr.read_text()
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(30)
@@ -224,3 +228,42 @@ def test_forward_keeps_a_backlog_while_the_cloud_is_down(watch_model, photos, tm
     sent = _lines(forwarded)
     assert sorted(r["id"] for r in sent) == sorted(p.name for p in photos[:4])  # nothing lost or duplicated
     assert all(r["status"] == 200 and r["cloud_prediction"] for r in sent)
+
+
+def test_a_photo_the_cloud_refuses_is_recorded_once_and_the_rest_still_go(watch_model, photos, tmp_path):
+    """The forwarder's rejected branch, on a real cloud whose request-body limit (CASSAVA_MAX_REQUEST_BYTES) is below
+    one large photo: that photo's refusal (413) is recorded with the cloud's reason and never sent again, the photos
+    after it are forwarded, and the cloud keeps serving."""
+    import numpy as np
+    from PIL import Image
+
+    settings = json.loads((REPO / "cloud" / "model-settings.json").read_text())
+    settings["parameters"]["uri"] = "standin"
+    cloud = MLServer(tmp_path / "cloud", settings, env={"CASSAVA_MAX_REQUEST_BYTES": "200000"}).start()
+    inbox, out = tmp_path / "inbox", tmp_path / "results.jsonl"
+    forwarded = tmp_path / "results.forwarded.jsonl"
+    inbox.mkdir()
+    large = tmp_path / "large.png"  # ~1 MB of noise: the edge classifies it, the cloud's limit refuses it
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (600, 600, 3), dtype=np.uint8)).save(large)
+    proc = _watch(watch_model, inbox, out, "--forward", cloud.url)
+    try:
+        _drop(photos[0], inbox)
+        _wait_for(lambda: len(_lines(forwarded)) >= 1, what="the first photo forwarded")
+        _drop(large, inbox)
+        _wait_for(lambda: len(_lines(forwarded)) >= 2, what="the large photo's refusal")
+        _drop(photos[1], inbox)
+        _wait_for(lambda: len(_lines(forwarded)) >= 3, what="the photo after it forwarded")
+        answered = len(_lines(out))
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+        served_after = cloud.alive()
+        cloud.stop()
+    sent = {r["id"]: r for r in _lines(forwarded)}
+    assert len(_lines(forwarded)) == 3 == answered  # each photo once, the refused one included, none retried
+    refused = sent["large.png"]
+    assert refused["status"] == 413 and "above the limit of 200,000 bytes" in refused["error"]
+    assert "cloud_prediction" not in refused
+    for photo in photos[:2]:
+        assert sent[photo.name]["status"] == 200 and sent[photo.name]["cloud_prediction"]
+    assert served_after
