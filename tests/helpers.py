@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from cassava.shared.server.process import MLServerProcess, free_port, stop
 from cassava.shared.server.process import wait_ready as process_wait_ready
 
@@ -44,6 +46,32 @@ def parse_args(*argv):
     from cassava.cli import build_parser
 
     return build_parser().parse_args([str(a) for a in argv])
+
+
+def litert_answers(tflite: Path, x: np.ndarray) -> np.ndarray:
+    """Scores of a .tflite on [0, 1] float images from LiteRT's bare interpreter, one image at a time, integer I/O
+    (de)quantized here from the tensors' own parameters: a reference that shares no code with edge/interpreter.py."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(tflite))
+    interpreter.allocate_tensors()
+    source, target = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    rows = []
+    for image in x:
+        if source["dtype"] == np.float32:
+            feed = image[None].astype(np.float32)
+        else:
+            scale, zero = source["quantization"]
+            info = np.iinfo(source["dtype"])
+            feed = np.clip(np.round(image / scale + zero), info.min, info.max).astype(source["dtype"])[None]
+        interpreter.set_tensor(source["index"], feed)
+        interpreter.invoke()
+        row = interpreter.get_tensor(target["index"])[0].astype(np.float32)
+        if target["dtype"] != np.float32:
+            scale, zero = target["quantization"]
+            row = (row - zero) * scale
+        rows.append(row)
+    return np.stack(rows)
 
 
 def require_shared(*paths: Path):

@@ -17,6 +17,7 @@ from helpers import (
     REAL_CLASSES,
     convert_once,
     converted,
+    litert_answers,
     real_args,
     report_of,
     run_cli,
@@ -78,7 +79,6 @@ def test_every_mode_matches_tensorflow_as_its_report_says(conversions, standin_m
     """Recomputed here, not trusting the report: TensorFlow's SavedModel against the bare LiteRT interpreter on the
     very images the report says it verified on (held out from calibration), and the report's numbers must match."""
     import tensorflow as tf
-    from ai_edge_litert.interpreter import Interpreter
 
     from cassava.shared.evaluate.metrics import wilson_interval
     from cassava.shared.preprocess import preprocess
@@ -93,24 +93,7 @@ def test_every_mode_matches_tensorflow_as_its_report_says(conversions, standin_m
     signature = tf.saved_model.load(str(standin_model)).signatures["serving_default"]
     expected = np.concatenate([next(iter(signature(tf.constant(x[i:i + 32])).values())).numpy()
                                for i in range(0, len(x), 32)])
-    interpreter = Interpreter(model_path=str(out / "model.tflite"))
-    interpreter.allocate_tensors()
-    source, target = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-    got = []
-    for image in x:
-        if source["dtype"] == np.float32:
-            feed = image[None]
-        else:  # the integer input's own quantization parameters, read from the tensor
-            scale, zero = source["quantization"]
-            feed = np.clip(np.round(image / scale + zero), 0, 255).astype(source["dtype"])[None]
-        interpreter.set_tensor(source["index"], feed)
-        interpreter.invoke()
-        row = interpreter.get_tensor(target["index"])[0].astype(np.float32)
-        if target["dtype"] != np.float32:
-            scale, zero = target["quantization"]
-            row = (row - zero) * scale
-        got.append(row)
-    got = np.stack(got)
+    got = litert_answers(out / "model.tflite", x)
 
     agree = int(np.sum(got.argmax(1) == expected.argmax(1)))
     verification = report["verification"]

@@ -19,7 +19,7 @@ from cassava.shared.labels import CROPNET_CLASSES
 from cassava.shared.preprocess import preprocess
 from cassava.shared.protocol.v2 import BadRequest, build_request, decode_response
 
-from helpers import REPO
+from helpers import REPO, litert_answers
 
 TIERS = ("cloud", "edge")
 WIRES = ("float32", "uint8", "compact", "photo")
@@ -58,23 +58,6 @@ def cloud_reference(pixels: np.ndarray) -> np.ndarray:
     return next(iter(outputs.values())).numpy()
 
 
-def edge_reference(model_dir: Path, pixels: np.ndarray) -> np.ndarray:
-    """LiteRT's bare interpreter, one image at a time, its uint8 I/O (de)quantized here from the tensor params."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_path=str(model_dir / "model.tflite"))
-    interpreter.allocate_tensors()
-    source, target = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-    (in_scale, in_zero), (out_scale, out_zero) = source["quantization"], target["quantization"]
-    rows = []
-    for image in pixels:
-        x = np.clip(np.round(image / 255.0 / in_scale + in_zero), 0, 255).astype(source["dtype"])
-        interpreter.set_tensor(source["index"], x[None])
-        interpreter.invoke()
-        rows.append((interpreter.get_tensor(target["index"])[0].astype(np.float32) - out_zero) * out_scale)
-    return np.stack(rows)
-
-
 @pytest.fixture(scope="module")
 def runtimes(loop, standin_model, standin_tflite):
     from cassava.cloud.runtime import CloudRuntime
@@ -92,7 +75,7 @@ def runtimes(loop, standin_model, standin_tflite):
 @pytest.fixture(scope="module")
 def references(photos, standin_tflite):
     _, pixels = photos
-    return {"cloud": cloud_reference(pixels), "edge": edge_reference(standin_tflite, pixels)}
+    return {"cloud": cloud_reference(pixels), "edge": litert_answers(standin_tflite / "model.tflite", pixels / 255.0)}
 
 
 def rest(request: InferenceRequest) -> InferenceRequest:
