@@ -103,7 +103,8 @@ def test_unreadable_file_is_recorded_not_dropped(watch_model, tmp_path):
 
 
 def test_camera_path_with_a_video_file(watch_model, standin_data, tmp_path):
-    cv2 = pytest.importorskip("cv2")
+    import cv2  # the [camera] extra, part of [dev]
+
     from cassava.shared.preprocess import preprocess
 
     video = tmp_path / "field.avi"
