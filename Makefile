@@ -8,11 +8,12 @@ STAMP := $(VENV)/.installed
 export CASSAVA_CACHE ?= $(HOME)/.cache/cassava
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install demo test lint compare bench images clean system-deps
+.PHONY: help install demo test test-unit lint compare bench images clean system-deps
 
 help:
 	@echo "make demo     offline demo: stand-in model, cloud + edge servers, plots and report in out/demo"
 	@echo "make test     the whole test suite (installs what it needs; runs make lint first)"
+	@echo "make test-unit  the in-process unit tests only (tests/unit: no server processes, no containers; minutes)"
 	@echo "make lint     ruff check (line length 120, settings in pyproject.toml)"
 	@echo "make compare  cloud vs edge accuracy comparison (stand-in; real model when ../shared exists)"
 	@echo "make bench    benchmarks, printed as a table of ratios"
@@ -45,6 +46,10 @@ lint: install
 
 test: install system-deps lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
+
+# In this process only: runtimes loaded as MLServer loads them, the commands' pure decisions, the protocol layers.
+test-unit: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow and not containers" --durations=5 tests/unit
 
 REAL_COMPARE := --cloud-model ../shared/models/cassava-cnn-256/saved_model --input-scale 255 --classes cbb,cbsd,cgm,cmd,healthy
 

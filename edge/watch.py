@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 import sys
 import time
@@ -44,13 +45,18 @@ def add_arguments(parser):
 
 
 def parse_interval(text: str) -> float:
+    """`500ms`, `2s` or `2` -> seconds; anything else, or not a positive finite time, is a one-line error."""
     text = text.strip().lower()
     try:
         if text.endswith("ms"):
-            return float(text[:-2]) / 1000.0
-        return float(text[:-1]) if text.endswith("s") else float(text)
+            seconds = float(text[:-2]) / 1000.0
+        else:
+            seconds = float(text[:-1]) if text.endswith("s") else float(text)
     except ValueError:
-        raise CassavaError(f"--every {text!r}: expected a duration like 500ms or 2s") from None
+        seconds = None
+    if seconds is None or not math.isfinite(seconds) or seconds <= 0:
+        raise CassavaError(f"--every {text!r}: expected a positive duration like 500ms or 2s")
+    return seconds
 
 
 def now() -> str:
@@ -107,7 +113,15 @@ def folder_images(folder: Path, done: set, seen_sizes: dict) -> Iterator[Tuple[s
         yield image_id, path
 
 
+def is_live(source: str) -> bool:
+    """camera:0 (a device index) or camera:URL (a network camera's stream): frames arrive in real time, and the
+    stream ending means the camera was lost. camera:FILE is a recording, read to its end."""
+    target = source[len("camera:"):]
+    return target.isdigit() or "://" in target
+
+
 def open_camera(source: str):
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")  # our one-line error says it; OpenCV's own warnings need not
     try:
         import cv2
     except ImportError:
@@ -130,6 +144,15 @@ class Forwarder:
         self.log = log
         self.forwarded = ResultLog(log.path.with_suffix(".forwarded.jsonl"))
         self.done = {r["id"] for r in self.forwarded.records}
+        self.base_url, self.offline = base_url, False
+
+    def _went(self, offline: bool) -> None:
+        """Say so on stderr when the uplink goes down or comes back (once per change, not every round)."""
+        if offline != self.offline:
+            state = "paused: the cloud does not answer" if offline else "resumed"
+            print(f"forwarding to {self.base_url} {state}; {len(self.backlog())} result(s) in the backlog",
+                  file=sys.stderr, flush=True)
+        self.offline = offline
 
     def backlog(self):
         return [r for r in self.log.records if r["id"] not in self.done and r.get("path")]
@@ -139,8 +162,12 @@ class Forwarder:
         from cassava.shared.protocol.transport import Rejected, Unavailable
         from cassava.shared.protocol.v2 import build_request, decode_response
 
-        if not self.backlog() or not self.transport.ready():
+        if not self.backlog():
             return 0
+        if not self.transport.ready():
+            self._went(offline=True)
+            return 0
+        self._went(offline=False)
         sent = 0
         for record in self.backlog():
             request = build_request("photo", photos=[Path(record["path"]).read_bytes()], request_id=record["id"])
@@ -152,6 +179,7 @@ class Forwarder:
             except Rejected as exc:  # the cloud refused this photo for good: record why rather than retry forever
                 entry.update(status=exc.status, error=str(exc)[:300])
             except Unavailable:
+                self._went(offline=True)
                 return sent  # uplink down or cloud busy: keep the backlog
             self.forwarded.append(entry)
             self.done.add(record["id"])
@@ -211,8 +239,11 @@ def run(args) -> int:
         while True:
             if camera:
                 ok, frame = capture.read()
+                if not ok and is_live(args.source):  # a live camera does not end: it was unplugged or went offline
+                    raise CassavaError(f"--source {args.source}: the camera stopped sending frames after {new} "
+                                       f"frame(s) in this run; results so far are in {args.out}")
                 if not ok:
-                    break  # camera gone or video finished
+                    break  # the video file is finished
                 frame_number += 1
                 image_id = f"frame-{frame_number:06d}"
                 path = frames_dir / f"{image_id}.png"
@@ -232,11 +263,13 @@ def run(args) -> int:
                 break
             if args.duration and time.monotonic() - started >= args.duration:
                 break
-            if not (camera and not args.source[len("camera:"):].isdigit()):
+            if not camera or is_live(args.source):
                 time.sleep(interval)  # a video file is read as fast as it decodes; cameras and folders are paced
     except KeyboardInterrupt:
         pass
     finally:
+        if camera:
+            capture.release()
         if forwarder:
             forwarder.drain()
             pending = len(forwarder.backlog())

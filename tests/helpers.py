@@ -1,12 +1,16 @@
 """Test helpers: free loopback ports and real MLServer processes started and stopped within bounded time."""
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from cassava.shared.server.process import MLServerProcess, free_port, stop  # noqa: F401 (free_port: for tests)
+import numpy as np
+
+from cassava.shared.server.process import MLServerProcess, free_port, stop
 from cassava.shared.server.process import wait_ready as process_wait_ready
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,9 +41,144 @@ def run_cli(*args, env=None, timeout=600, cwd=None) -> subprocess.CompletedProce
                           timeout=timeout, env={**os.environ, **(env or {})}, cwd=cwd)
 
 
+def parse_args(*argv):
+    """The real `cassava` parser, in this process: arguments exactly as the command line gives them."""
+    from cassava.cli import build_parser
+
+    return build_parser().parse_args([str(a) for a in argv])
+
+
+def litert_answers(tflite: Path, x: np.ndarray) -> np.ndarray:
+    """Scores of a .tflite on [0, 1] float images from LiteRT's bare interpreter, one image at a time, integer I/O
+    (de)quantized here from the tensors' own parameters: a reference that shares no code with edge/interpreter.py."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(tflite))
+    interpreter.allocate_tensors()
+    source, target = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    rows = []
+    for image in x:
+        if source["dtype"] == np.float32:
+            feed = image[None].astype(np.float32)
+        else:
+            scale, zero = source["quantization"]
+            info = np.iinfo(source["dtype"])
+            feed = np.clip(np.round(image / scale + zero), info.min, info.max).astype(source["dtype"])[None]
+        interpreter.set_tensor(source["index"], feed)
+        interpreter.invoke()
+        row = interpreter.get_tensor(target["index"])[0].astype(np.float32)
+        if target["dtype"] != np.float32:
+            scale, zero = target["quantization"]
+            row = (row - zero) * scale
+        rows.append(row)
+    return np.stack(rows)
+
+
 def require_shared(*paths: Path):
     import pytest
 
     for path in paths:
         if not path.exists():
             pytest.skip(f"{path} is absent (../shared holds the third-party test data)")
+
+
+# ---------------------------------------------------------------------------------------------- conversions
+
+_CONVERTED: dict = {}
+
+
+def convert_once(root: Path, name: str, *args) -> subprocess.CompletedProcess:
+    """`cassava convert ARGS --out root/name`, run once per session per name; the result is memoised."""
+    if name not in _CONVERTED:
+        out = root / name
+        result = run_cli("convert", *args, "--out", out, "--quiet", timeout=900)
+        result.out = out
+        _CONVERTED[name] = result
+    return _CONVERTED[name]
+
+
+def converted(root: Path, name: str, *args) -> Path:
+    """A conversion that must succeed: -> its output folder."""
+    result = convert_once(root, name, *args)
+    assert result.returncode == 0, f"cassava convert {name} failed:\n{result.stderr[-3000:]}"
+    return result.out
+
+
+def standin_args(mode: str, *extra) -> tuple:
+    return ("--model", "standin", "--quantize", mode, *extra)
+
+
+def real_args(mode: str) -> tuple:
+    # Calibration: the stand-in's synthetic train photos, resized to 256 by the shared preprocessing. The 27 real
+    # photos are the only real test set; calibrating on them would make the agreement measured on them optimistic.
+    return ("--model", REAL_MODEL, "--input-scale", "255", "--classes", ",".join(REAL_CLASSES), "--quantize", mode,
+            "--calibration", "standin:train", "--verify-data", REAL_PHOTOS)
+
+
+def report_of(out: Path) -> dict:
+    return json.loads((out / "conversion-report.json").read_text())
+
+
+def spec_of(out: Path) -> dict:
+    return json.loads((out / "cassava-model.json").read_text())
+
+
+# ---------------------------------------------------------------------------------------------- servers
+
+
+def shipped_cloud(uri: str, **extra):
+    """The shipped cloud/ model-settings.json and settings.json with only the model (and free ports) changed."""
+    model_settings = json.loads((REPO / "cloud" / "model-settings.json").read_text())
+    model_settings["parameters"]["uri"] = uri
+    model_settings["parameters"]["extra"].update(extra)
+    settings = json.loads((REPO / "cloud" / "settings.json").read_text())
+    for key in ("host", "http_port", "grpc_port", "metrics_port"):  # free loopback ports instead of 8080-8082
+        settings.pop(key)
+    return model_settings, settings
+
+
+def edge_server(workdir: Path, model_dir: Path, env: dict) -> MLServer:
+    """`mlserver start` on a copy of the shipped edge/ settings, the model in ./model as the README says."""
+    shutil.copytree(model_dir, workdir / "model")
+    model_settings = json.loads((REPO / "edge" / "model-settings.json").read_text())
+    assert model_settings["parameters"]["uri"] == "./model"
+    settings = json.loads((REPO / "edge" / "settings.json").read_text())
+    for key in ("host", "http_port", "grpc_port", "metrics_port"):  # free ports instead of 9080-9082
+        settings.pop(key)
+    return MLServer(workdir, model_settings, settings, env=env).start(timeout=180)
+
+
+class Nginx:
+    """A real nginx playing the Seldon ingress: /seldon/default/cassava/ in front of the given replicas."""
+
+    def __init__(self, workdir: Path, replicas):
+        self.workdir, self.port = Path(workdir), free_port()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.binary = shutil.which("nginx") or ("/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None)
+        servers = "\n        ".join(f"server 127.0.0.1:{r.http_port} max_fails=1 fail_timeout=60s;" for r in replicas)
+        template = (Path(__file__).parent / "nginx_seldon.conf.template").read_text()
+        for key, value in {"@TMP@": str(self.workdir), "@PORT@": str(self.port), "@SERVERS@": servers,
+                           "@NAMESPACE@": "default", "@DEPLOYMENT@": "cassava"}.items():
+            template = template.replace(key, value)
+        (self.workdir / "nginx.conf").write_text(template)
+        self.access_log = self.workdir / "access.log"
+        self.process = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "Nginx":
+        log = open(self.workdir / "nginx.stderr", "ab")
+        self.process = subprocess.Popen([self.binary, "-p", str(self.workdir), "-c", str(self.workdir / "nginx.conf"),
+                                         "-e", "stderr"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_ready(f"{self.url}/seldon/default/cassava/v2/health/ready", 60, self.process)
+        return self
+
+    def infer_lines(self) -> list:
+        if not self.access_log.exists():
+            return []
+        return [line for line in self.access_log.read_text().splitlines() if "/v2/models/cassava/infer" in line]
+
+    def stop(self):
+        stop_process_group(self.process)

@@ -19,11 +19,8 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton_http
-from test_cloud import real_cloud  # noqa: F401 (a fixture)
 
-from helpers import REAL_CLASSES, REPO
-from test_convert import conversions, converted, real_args  # noqa: F401 (conversions: a fixture)
-from test_edge import _edge_server, no_tensorflow  # noqa: F401 (no_tensorflow: a fixture)
+from helpers import REAL_CLASSES, REPO, converted, edge_server, real_args
 
 pytestmark = [pytest.mark.slow, pytest.mark.real]
 
@@ -73,7 +70,7 @@ def cloud(real_cloud):  # noqa: F811 (the fixture imported above)
 
 @pytest.fixture(scope="module")
 def edge(tmp_path_factory, edge_model, no_tensorflow):  # noqa: F811 (the fixture imported above)
-    server = _edge_server(tmp_path_factory.mktemp("binary-edge"), edge_model, no_tensorflow)
+    server = edge_server(tmp_path_factory.mktemp("binary-edge"), edge_model, no_tensorflow)
     yield server
     server.stop()
 

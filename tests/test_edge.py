@@ -4,7 +4,6 @@ shipped edge/ settings, answering REST and gRPC for every input kind with Tensor
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import subprocess
@@ -17,37 +16,9 @@ import httpx
 import numpy as np
 import pytest
 
-from helpers import REAL_CLASSES, REPO, MLServer, run_cli
-from test_convert import converted, real_args, standin_args
+from helpers import REAL_CLASSES, REPO, converted, edge_server, real_args, run_cli, standin_args
 
 pytestmark = pytest.mark.slow
-
-BLOCK = 'raise ImportError("{name} is blocked in this test: the edge tier must run without it")\n'
-
-
-@pytest.fixture(scope="session")
-def no_tensorflow(tmp_path_factory) -> dict:
-    """Environment in which `import tensorflow` (and keras) fails, as on a Raspberry Pi with only the edge extra."""
-    root = tmp_path_factory.mktemp("no-tensorflow")
-    for name in ("tensorflow", "keras", "tf_keras"):
-        (root / name).mkdir()
-        (root / name / "__init__.py").write_text(BLOCK.format(name=name))
-    env = {"PYTHONPATH": str(root)}
-    check = subprocess.run([sys.executable, "-c", "import tensorflow"], capture_output=True, text=True,
-                           env={**os.environ, **env}, timeout=60)
-    assert check.returncode != 0 and "blocked in this test" in check.stderr
-    return env
-
-
-@pytest.fixture(scope="session")
-def conversions(tmp_path_factory) -> Path:
-    return tmp_path_factory.getbasetemp() / "conversions"
-
-
-@pytest.fixture(scope="session")
-def standin_int8(conversions, standin_model) -> Path:
-    return converted(conversions, "standin-int8", *standin_args("int8"))
-
 
 def _images(data: str, size: int, n=None):
     from cassava.shared.data import load_samples
@@ -196,20 +167,9 @@ def test_runtime_reads_interpreter_settings_from_parameters_extra(standin_int8):
 # ---------------------------------------------------------------------------------------------- the server
 
 
-def _edge_server(workdir: Path, model_dir: Path, env: dict) -> MLServer:
-    """`mlserver start` on a copy of the shipped edge/ settings, the model in ./model as the README says."""
-    shutil.copytree(model_dir, workdir / "model")
-    model_settings = json.loads((REPO / "edge" / "model-settings.json").read_text())
-    assert model_settings["parameters"]["uri"] == "./model"
-    settings = json.loads((REPO / "edge" / "settings.json").read_text())
-    for key in ("host", "http_port", "grpc_port", "metrics_port"):  # free ports instead of 9080-9082
-        settings.pop(key)
-    return MLServer(workdir, model_settings, settings, env=env).start(timeout=180)
-
-
 @pytest.fixture(scope="module")
 def edge(tmp_path_factory, standin_int8, no_tensorflow):
-    server = _edge_server(tmp_path_factory.mktemp("edge-server"), standin_int8, no_tensorflow)
+    server = edge_server(tmp_path_factory.mktemp("edge-server"), standin_int8, no_tensorflow)
     yield server
     server.stop()
 
@@ -316,7 +276,7 @@ def test_real_model_edge_server_answers_the_27_photos(tmp_path, conversions, rea
     int8 = converted(conversions, "real-int8", *real_args("int8"))
     pixels, photos = _images(str(real_photos), 256)
     expected = _expected(int8, pixels)
-    server = _edge_server(tmp_path / "edge-real", int8, no_tensorflow)
+    server = edge_server(tmp_path / "edge-real", int8, no_tensorflow)
     try:
         for kind, over_grpc in (("photos", False), ("payload", True)):
             infer = _infer_grpc if over_grpc else _infer_rest

@@ -54,7 +54,11 @@ def test_help_lists_every_command():
     assert result.returncode == 0
     for command in ("predict", "serve", "convert", "compare", "demo"):
         assert command in result.stdout, f"{command} missing from help"
-    assert run_cli("predict", "--help").returncode == 0
+    result = run_cli("predict", "--help")
+    assert result.returncode == 0 and result.stdout.startswith("usage: cassava predict")
+    for flag in ("--in-process", "--local", "--remote", "--edge", "--auto", "--cloud", "--data", "--wire", "--grpc",
+                 "--retries", "--json", "--csv", "--plot"):  # every mode and output the README documents
+        assert f" {flag}" in result.stdout, f"{flag} missing from predict --help"
 
 
 def test_spec_file_roundtrip_and_validation(tmp_path):
@@ -110,7 +114,7 @@ def test_unknown_class_folder_is_an_error(tmp_path):
 
 
 def test_tfds_source_with_mock_data():
-    tfds = pytest.importorskip("tensorflow_datasets")
+    import tensorflow_datasets as tfds  # the [data] extra, part of [dev]
     with tfds.testing.mock_data(num_examples=5):
         samples = load_samples(["tfds:cassava/validation"], 3)
     assert len(samples) == 3

@@ -21,8 +21,7 @@ from cassava.shared.data import load_samples
 from cassava.shared.preprocess import preprocess
 from cassava.shared.protocol.v2 import build_request, decode_response
 
-from helpers import REPO, MLServer
-from test_convert import converted, standin_args
+from helpers import REPO, MLServer, converted, standin_args
 
 pytestmark = pytest.mark.slow
 BODY_LIMIT = 4_000_000  # small for the test: three images as float JSON (~6 MB) are over it

@@ -4,13 +4,14 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from helpers import BIN, REPO, MLServer
-from test_convert import converted, standin_args
+from helpers import BIN, REPO, MLServer, converted, standin_args
 
 pytestmark = pytest.mark.slow
 
@@ -37,10 +38,20 @@ def _drop(photo: Path, folder: Path):
     os.replace(tmp, folder / photo.name)
 
 
-def _watch(model, source, out, *extra):
+def _watch(model, source, out, *extra, env=None, stderr=subprocess.PIPE):
     return subprocess.Popen([str(BIN / "cassava"), "watch", "--model", str(model), "--source", str(source),
                              "--out", str(out), "--every", "200ms", "--duration", "240", *map(str, extra)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True,
+                            env={**os.environ, **(env or {})})
+
+
+def _one_line_error(proc, words: str):
+    """The watch ended with exit code 2 and one line saying `words` (OpenCV's own noise aside)."""
+    _, err = proc.communicate(timeout=240)
+    lines = [line for line in err.splitlines() if line.startswith("cassava watch: error:")]
+    assert proc.returncode == 2, err
+    assert len(lines) == 1 and words in lines[0], err
+    assert "Traceback" not in err
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +62,9 @@ def watch_model(standin_model, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def photos(real_photos):
-    return sorted(real_photos.glob("*/*.jpg"))[:6]
+def photos(standin_data):
+    """Six of the stand-in's synthetic photos (JPEG files, two classes): what the watch does needs no real ones."""
+    return sorted(standin_data.glob("cbb/*.jpg"))[:3] + sorted(standin_data.glob("cmd/*.jpg"))[:3]
 
 
 def test_folder_watch_survives_a_restart_without_repeats(watch_model, photos, tmp_path):
@@ -91,7 +103,8 @@ def test_unreadable_file_is_recorded_not_dropped(watch_model, tmp_path):
 
 
 def test_camera_path_with_a_video_file(watch_model, standin_data, tmp_path):
-    cv2 = pytest.importorskip("cv2")
+    import cv2  # the [camera] extra, part of [dev]
+
     from cassava.shared.preprocess import preprocess
 
     video = tmp_path / "field.avi"
@@ -108,6 +121,81 @@ def test_camera_path_with_a_video_file(watch_model, standin_data, tmp_path):
     assert [r["file"] for r in records] == [f"frame-{i:06d}" for i in range(1, 6)]
     assert sum(r["top"][0]["class"] == "cmd" for r in records) >= 4  # stand-in model, synthetic data
     assert all(Path(r["path"]).is_file() for r in records)
+    # A restart on the same --out numbers on from the last frame: no frame id, and no saved frame, is reused.
+    again = _watch(watch_model, f"camera:{video}", out)
+    _, err = again.communicate(timeout=240)
+    assert again.returncode == 0, err
+    records = _lines(out)
+    assert [r["file"] for r in records] == [f"frame-{i:06d}" for i in range(1, 11)]
+    assert len({r["path"] for r in records}) == 10 and all(Path(r["path"]).is_file() for r in records)
+    assert [r["top"][0]["class"] for r in records[5:]] == [r["top"][0]["class"] for r in records[:5]]
+
+
+class MjpegCamera(ThreadingHTTPServer):
+    """A network camera on loopback: an MJPEG stream over HTTP (as IP cameras serve it) of `frames` JPEG frames,
+    after which it drops the connection, as a camera that loses power or network does."""
+
+    def __init__(self, frames):
+        super().__init__(("127.0.0.1", 0), _MjpegHandler)
+        self.frames = frames
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/stream.mjpg"
+
+
+class _MjpegHandler(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+        self.end_headers()
+        for frame in self.server.frames:
+            self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(frame)
+                             + frame + b"\r\n")
+            self.wfile.flush()
+
+
+def test_a_camera_lost_mid_run_is_an_error_exit_with_the_results_kept(watch_model, photos, tmp_path):
+    frames = [p.read_bytes() for p in photos[:3]]
+    camera = MjpegCamera(frames)
+    out = tmp_path / "camera.jsonl"
+    try:
+        proc = _watch(watch_model, f"camera:{camera.url}", out, "--every", "50ms")
+        _one_line_error(proc, f"--source camera:{camera.url}: the camera stopped sending frames after 3 frame(s) "
+                              f"in this run; results so far are in {out}")
+    finally:
+        camera.shutdown()
+    records = _lines(out)
+    assert [r["file"] for r in records] == ["frame-000001", "frame-000002", "frame-000003"]
+    assert all(len(r["top"]) == 3 and Path(r["path"]).is_file() for r in records)
+
+
+@pytest.mark.parametrize("source, words", [
+    ("camera:63", "--source camera:63: cannot open the camera or video"),  # a device index no machine here has
+    ("camera:@missing.avi", "cannot open the camera or video"),
+])
+def test_a_camera_that_does_not_open_is_one_line(watch_model, tmp_path, source, words):
+    source = source.replace("@", f"{tmp_path}/")
+    _one_line_error(_watch(watch_model, source, tmp_path / "out.jsonl"), words)
+
+
+def test_camera_sources_without_opencv_say_how_to_install_it(watch_model, tmp_path):
+    blocked = tmp_path / "blocked"
+    (blocked / "cv2").mkdir(parents=True)
+    (blocked / "cv2" / "__init__.py").write_text('raise ImportError("cv2 is blocked in this test")\n')
+    proc = _watch(watch_model, "camera:0", tmp_path / "out.jsonl", env={"PYTHONPATH": str(blocked)})
+    _one_line_error(proc, "camera sources need OpenCV: pip install 'cassava-cloud-edge[camera]'")
+
+
+@pytest.mark.parametrize("every", ["0", "-1s", "soon", "nan"])
+def test_a_bad_every_is_one_line_before_anything_runs(watch_model, tmp_path, every):
+    out = tmp_path / "out.jsonl"
+    _one_line_error(_watch(watch_model, tmp_path, out, f"--every={every}"), f"--every {every!r}: expected a positive")
+    assert not out.exists()
 
 
 def test_forward_keeps_a_backlog_while_the_cloud_is_down(watch_model, photos, tmp_path):
@@ -117,7 +205,9 @@ def test_forward_keeps_a_backlog_while_the_cloud_is_down(watch_model, photos, tm
     inbox, out = tmp_path / "inbox", tmp_path / "results.jsonl"
     forwarded = tmp_path / "results.forwarded.jsonl"
     inbox.mkdir()
-    proc = _watch(watch_model, inbox, out, "--forward", cloud.url)
+    stderr = tmp_path / "watch.stderr"
+    with open(stderr, "w") as handle:
+        proc = _watch(watch_model, inbox, out, "--forward", cloud.url, stderr=handle)
     try:
         for photo in photos[:2]:
             _drop(photo, inbox)
@@ -126,10 +216,12 @@ def test_forward_keeps_a_backlog_while_the_cloud_is_down(watch_model, photos, tm
         for photo in photos[2:4]:
             _drop(photo, inbox)
         _wait_for(lambda: len(_lines(out)) >= 4, what="4 results while offline")
-        time.sleep(1.0)
+        # The watch found the cloud gone with a backlog (its own line says so): no clock to guess at.
+        _wait_for(lambda: "paused: the cloud does not answer" in stderr.read_text(), what="forwarding paused")
         assert len(_lines(forwarded)) == 2  # the two new ones wait in the backlog
         cloud.start()  # and comes back
         _wait_for(lambda: len(_lines(forwarded)) >= 4, what="backlog delivered")
+        assert "resumed" in stderr.read_text()
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(30)
@@ -137,3 +229,42 @@ def test_forward_keeps_a_backlog_while_the_cloud_is_down(watch_model, photos, tm
     sent = _lines(forwarded)
     assert sorted(r["id"] for r in sent) == sorted(p.name for p in photos[:4])  # nothing lost or duplicated
     assert all(r["status"] == 200 and r["cloud_prediction"] for r in sent)
+
+
+def test_a_photo_the_cloud_refuses_is_recorded_once_and_the_rest_still_go(watch_model, photos, tmp_path):
+    """The forwarder's rejected branch, on a real cloud whose request-body limit (CASSAVA_MAX_REQUEST_BYTES) is below
+    one large photo: that photo's refusal (413) is recorded with the cloud's reason and never sent again, the photos
+    after it are forwarded, and the cloud keeps serving."""
+    import numpy as np
+    from PIL import Image
+
+    settings = json.loads((REPO / "cloud" / "model-settings.json").read_text())
+    settings["parameters"]["uri"] = "standin"
+    cloud = MLServer(tmp_path / "cloud", settings, env={"CASSAVA_MAX_REQUEST_BYTES": "200000"}).start()
+    inbox, out = tmp_path / "inbox", tmp_path / "results.jsonl"
+    forwarded = tmp_path / "results.forwarded.jsonl"
+    inbox.mkdir()
+    large = tmp_path / "large.png"  # ~1 MB of noise: the edge classifies it, the cloud's limit refuses it
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (600, 600, 3), dtype=np.uint8)).save(large)
+    proc = _watch(watch_model, inbox, out, "--forward", cloud.url)
+    try:
+        _drop(photos[0], inbox)
+        _wait_for(lambda: len(_lines(forwarded)) >= 1, what="the first photo forwarded")
+        _drop(large, inbox)
+        _wait_for(lambda: len(_lines(forwarded)) >= 2, what="the large photo's refusal")
+        _drop(photos[1], inbox)
+        _wait_for(lambda: len(_lines(forwarded)) >= 3, what="the photo after it forwarded")
+        answered = len(_lines(out))
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+        served_after = cloud.alive()
+        cloud.stop()
+    sent = {r["id"]: r for r in _lines(forwarded)}
+    assert len(_lines(forwarded)) == 3 == answered  # each photo once, the refused one included, none retried
+    refused = sent["large.png"]
+    assert refused["status"] == 413 and "above the limit of 200,000 bytes" in refused["error"]
+    assert "cloud_prediction" not in refused
+    for photo in photos[:2]:
+        assert sent[photo.name]["status"] == 200 and sent[photo.name]["cloud_prediction"]
+    assert served_after

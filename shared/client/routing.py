@@ -51,17 +51,18 @@ class FailoverRoute:
     """Prefer one tier (the edge); fall back to the other (the cloud) while it is down; return when it is back."""
 
     def __init__(self, preferred: Endpoint, fallback: Endpoint, probe_interval_s: float = 3.0,
-                 probe_timeout_s: float = 1.0, say: Callable[[str], None] = say):
+                 probe_timeout_s: float = 1.0, say: Callable[[str], None] = say,
+                 clock: Callable[[], float] = time.monotonic):
         if preferred.transport.grpc != fallback.transport.grpc:
             raise CassavaError("--auto: both tiers must use the same protocol (REST or gRPC)")
         self.preferred, self.fallback = preferred, fallback
         self.tiers = [preferred, fallback]
         self.grpc = preferred.transport.grpc
         self.probe_interval_s, self.probe_timeout_s = probe_interval_s, probe_timeout_s
-        self._say = say
+        self._say, self._clock = say, clock  # the clock the probes are timed by (tests bring their own)
         self._lock = threading.Lock()
         self._preferred_up = preferred.transport.ready(probe_timeout_s)
-        self._next_probe = time.monotonic() + probe_interval_s
+        self._next_probe = self._clock() + probe_interval_s
         if not self._preferred_up:
             say(f"{preferred.name} {preferred.transport.address} is not ready: using the {fallback.name} "
                 f"{fallback.transport.address} (checking the {preferred.name} every {probe_interval_s:g} s)")
@@ -101,8 +102,8 @@ class FailoverRoute:
         """(first tier to try, the other); re-probes the preferred tier when it is down and a probe is due."""
         probe = False
         with self._lock:
-            if not self._preferred_up and time.monotonic() >= self._next_probe:
-                self._next_probe = time.monotonic() + self.probe_interval_s
+            if not self._preferred_up and self._clock() >= self._next_probe:
+                self._next_probe = self._clock() + self.probe_interval_s
                 probe = True  # this thread probes; the others carry on with the fallback meanwhile
         if probe and self.preferred.transport.ready(self.probe_timeout_s):
             self._mark_up()
@@ -115,7 +116,7 @@ class FailoverRoute:
             return
         with self._lock:
             was_up, self._preferred_up = self._preferred_up, False
-            self._next_probe = time.monotonic() + self.probe_interval_s
+            self._next_probe = self._clock() + self.probe_interval_s
         if was_up:
             self._say(f"{tier.name} unavailable ({error}): using the {self.fallback.name} "
                       f"{self.fallback.transport.address}")

@@ -94,9 +94,10 @@ def check_grpc_address(address: str) -> str:
 class _Retrying:
     """Calls with exponential backoff while the error is `Unavailable`; a `Rejected` goes straight out."""
 
-    def __init__(self, retries: int, backoff_s: float):
+    def __init__(self, retries: int, backoff_s: float, sleep=time.sleep):
         self.retries = max(0, int(retries))
         self.backoff_s = backoff_s
+        self.sleep = sleep  # the clock to wait on (tests give their own to see the backoff without waiting)
 
     def call(self, attempt):
         for number in range(self.retries + 1):
@@ -105,7 +106,7 @@ class _Retrying:
             except Unavailable:
                 if number == self.retries:
                     raise
-            time.sleep(min(MAX_BACKOFF_S, self.backoff_s * 2 ** number))
+            self.sleep(min(MAX_BACKOFF_S, self.backoff_s * 2 ** number))
 
 
 class HttpTransport:

@@ -2,8 +2,6 @@
 tests/test_client.py): one answer per request, the same request id on the fallback, back to the edge when it is."""
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from cassava.shared.client.routing import Endpoint, FailoverRoute, SingleRoute
@@ -36,10 +34,10 @@ class ScriptedTransport:
         self.closed = True
 
 
-def _route(edge_up=True, cloud_up=True, probe_interval_s=60.0):
+def _route(edge_up=True, cloud_up=True, probe_interval_s=60.0, **options):
     edge, cloud, said = ScriptedTransport("edge", edge_up), ScriptedTransport("cloud", cloud_up), []
     route = FailoverRoute(Endpoint("edge", edge), Endpoint("cloud", cloud), probe_interval_s=probe_interval_s,
-                          say=said.append)
+                          say=said.append, **options)
     return route, edge, cloud, said
 
 
@@ -60,12 +58,15 @@ def test_a_failure_sends_that_same_request_to_the_cloud_once_and_says_so():
 
 
 def test_the_edge_is_used_again_after_a_probe_finds_it_ready():
-    route, edge, cloud, said = _route(edge_up=False, probe_interval_s=0.05)
+    now = [1000.0]
+    route, edge, cloud, said = _route(edge_up=False, probe_interval_s=3.0, clock=lambda: now[0])
     assert "not ready" in said[0]
     assert route.infer("a")[1] == "cloud"
     edge.up = True
-    time.sleep(0.06)
-    assert route.infer("b")[1] == "edge" and route.preferred_up
+    now[0] += 2.9  # not yet time to probe: the edge is not asked, even though it is back
+    assert route.infer("b")[1] == "cloud" and not route.preferred_up and edge.requests == []
+    now[0] += 0.1
+    assert route.infer("c")[1] == "edge" and route.preferred_up and edge.requests == ["c"]
     assert "is back" in said[-1]
 
 
