@@ -64,8 +64,9 @@ def run(args) -> int:
     ports = [p if p is not None else d for p, d in zip((args.http_port, args.grpc_port, args.metrics_port), defaults)]
     check_ports(args.host, ports)
     debug = bool(getattr(args, "debug", False))
+    escalation = escalation_flags(args, tier)
     spec = check_model(tier, model, args.input_scale, args.classes, debug)
-    extra = escalation_extra(args, tier, spec)
+    extra = escalation and _preflight_escalation(escalation, spec)
     run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix=f"cassava-{tier}-"))
     try:
         run_dir = write_run_dir(run_dir, tier, model, args.host, ports, args.workers, args.input_scale, args.classes,
@@ -161,16 +162,19 @@ def _cloud_spec(model, input_scale, classes, quiet: bool) -> dict:
         raise CassavaError(f"model {model}: cannot load ({type(exc).__name__}: {first})") from None
 
 
-def escalation_extra(args, tier: str, spec) -> dict:
-    """--escalate-* -> model-settings `parameters.extra`, checked first (edge/escalate.py says what they mean)."""
+def escalation_flags(args, tier: str) -> dict:
+    """--escalate-* as model-settings `parameters.extra` entries (edge/escalate.py says what they mean)."""
     given = {"escalate_to": args.escalate_to, "escalate_below": args.escalate_below,
              "escalate_timeout_s": args.escalate_timeout}
     given = {key: value for key, value in given.items() if value is not None}
-    if not given:
-        return {}
-    if tier != "edge" or not args.escalate_to:
-        raise CassavaError("--escalate-below and --escalate-timeout go with --escalate-to, on the edge tier"
-                           if tier == "edge" else "--escalate-to is for the edge tier (it escalates to the cloud)")
+    if given and tier != "edge":
+        raise CassavaError("--escalate-to is for the edge tier (it sends the images it is unsure of to the cloud)")
+    if given and not args.escalate_to:
+        raise CassavaError("--escalate-below and --escalate-timeout go with --escalate-to URL")
+    return given
+
+
+def _preflight_escalation(given: dict, spec) -> dict:
     from cassava.edge.escalate import preflight
 
     return preflight(given, spec)

@@ -66,3 +66,46 @@ def test_the_spec_carries_a_threshold_and_checks_it():
     assert spec.escalate_below == 0.8 and ModelSpec().escalate_below is None
     with pytest.raises(CassavaError, match="escalate_below is a confidence from 0 to 1"):
         ModelSpec(escalate_below=1.5)
+
+
+# ---------------------------------------------------------------------------------------------- the edge's side
+
+
+def test_the_cloud_gets_exactly_the_pixels_the_edge_judged():
+    from cassava.edge.escalate import exact_pixels
+    from cassava.shared.preprocess import to_model_input
+
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    for scale in (1.0, 255.0):
+        assert np.array_equal(exact_pixels(to_model_input(pixels, scale), scale), pixels)
+    floats = to_model_input(pixels, 1.0)
+    floats[0, 0, 0, 0] += 0.001  # a payload of floats that are not 8-bit pixels: only the floats are exact
+    assert exact_pixels(floats, 1.0) is None
+
+
+def test_escalation_settings_come_from_extra_or_the_spec():
+    from cassava.edge.escalate import DEFAULT_TIMEOUT_S, EscalationSettings
+
+    assert EscalationSettings.from_extra({}, ModelSpec()) is None  # no escalate_to: the edge answers alone
+    from_spec = EscalationSettings.from_extra({"escalate_to": "http://c:8080"}, ModelSpec(escalate_below=0.7))
+    assert from_spec.below == 0.7 and from_spec.timeout_s == DEFAULT_TIMEOUT_S and from_spec.wire == "compact"
+    flag = EscalationSettings.from_extra({"escalate_to": "http://c:8080", "escalate_below": 0.4},
+                                         ModelSpec(escalate_below=0.7))
+    assert flag.below == 0.4  # --escalate-below overrides the model's own threshold
+    with pytest.raises(CassavaError, match="needs a threshold.*--escalate-below P"):
+        EscalationSettings.from_extra({"escalate_to": "http://c:8080"}, ModelSpec())
+    with pytest.raises(CassavaError, match="a confidence from 0 to 1"):
+        EscalationSettings.from_extra({"escalate_to": "http://c:8080", "escalate_below": 2}, ModelSpec())
+
+
+def test_a_cloud_with_other_classes_or_size_is_refused():
+    from cassava.edge.escalate import check_cloud
+    from cassava.shared.protocol.transport import ModelInfo
+
+    spec = ModelSpec(class_names=("a", "b", "c"))
+    check_cloud(ModelInfo("cassava", 224, 3, parameters={"class_names": "a,b,c"}), spec, "http://c")
+    check_cloud(ModelInfo("cassava", 224, 3), spec, "http://c")  # a V2 server that publishes no names: the count
+    with pytest.raises(CassavaError, match=r"classes \(a,c,b\) differ from this edge model's \(a,b,c\)"):
+        check_cloud(ModelInfo("cassava", 224, 3, parameters={"class_names": "a,c,b"}), spec, "http://c")
+    with pytest.raises(CassavaError, match="takes 256x256 images, this edge model 224x224"):
+        check_cloud(ModelInfo("cassava", 256, 3), spec, "http://c")
