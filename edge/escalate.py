@@ -165,6 +165,8 @@ class Escalation:
             return False
         try:
             self._check()
+        except Unavailable:
+            return False
         except CassavaError as exc:  # the cloud came back with another model: stop asking it, once, loudly
             self._refused = str(exc)
             log.error("escalation stopped: %s", exc)

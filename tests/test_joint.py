@@ -9,7 +9,9 @@ process; a cloud that is not there at start: one warning line, provisional answe
 """
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -198,8 +200,13 @@ def test_without_escalate_to_the_edge_answers_as_before(tmp_path, int8, images):
 
 
 def test_an_unreachable_cloud_at_start_is_a_warning_and_provisional_answers(tmp_path, int8, images, threshold):
+    """Also: the threshold comes from the converted model's cassava-model.json when no --escalate-below is given."""
+    model = tmp_path / "int8-with-threshold"
+    shutil.copytree(int8, model)
+    spec = json.loads((model / "cassava-model.json").read_text())
+    (model / "cassava-model.json").write_text(json.dumps({**spec, "escalate_below": threshold}))
     nowhere = f"http://127.0.0.1:{free_port()}"
-    with Served(tmp_path, "edge", "--model", int8, "--escalate-to", nowhere, "--escalate-below", threshold) as edge:
+    with Served(tmp_path, "edge", "--model", model, "--escalate-to", nowhere) as edge:
         hard = _hard(images, threshold)
         for wire in ("uint8", "binary"):
             _, answered_by = _infer(edge, wire, images[0], None)
