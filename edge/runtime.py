@@ -1,13 +1,19 @@
-"""MLServer runtime for the TFLite model (MLServer ships none): a pool of LiteRT interpreters, no TensorFlow."""
+"""MLServer runtime for the TFLite model (MLServer ships none): a pool of LiteRT interpreters, no TensorFlow.
+With `escalate_to` in `parameters.extra`, hard images are settled by the cloud tier (escalate.py)."""
+import asyncio
 import os
+
+from mlserver.types import InferenceRequest, InferenceResponse, MetadataModelResponse, Parameters
 
 from cassava.shared.server.runtime import ImageClassifierRuntime
 
+from .escalate import Escalation, EscalationSettings, add_answered_by, answered_by_metadata
 from .interpreter import load_tflite_classifier
 
 
 class EdgeRuntime(ImageClassifierRuntime):
     tier = "edge"
+    escalation = None
 
     def load_classifier(self, uri: str, extra: dict):
         # Interpreter settings sit in model-settings `parameters.extra`; each batch in flight holds one interpreter.
@@ -17,3 +23,32 @@ class EdgeRuntime(ImageClassifierRuntime):
             pool_size=int(extra.get("pool_size") or os.cpu_count() or 1),
             input_tensor=extra.get("input_tensor"), output_tensor=extra.get("output_tensor"),
         )
+
+    async def _load(self) -> bool:
+        ready = await super()._load()
+        settings = EscalationSettings.from_extra(self._extra(), self.classifier.spec)
+        if settings is not None:
+            self.escalation = Escalation(settings, self.classifier.spec, self.name)
+            await asyncio.to_thread(self.escalation.start)
+            self.outputs = [*self.outputs, answered_by_metadata()]
+        return ready
+
+    async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        if self.escalation is None:
+            return await super().predict(payload)
+        x = await asyncio.to_thread(self.decode, self.validate(payload))
+        probabilities, answered_by = await self.escalation.settle(x, await self.batch(x))
+        return add_answered_by(self.encode(probabilities, payload), answered_by, payload)
+
+    async def metadata(self) -> MetadataModelResponse:
+        metadata = await super().metadata()
+        if self.escalation is not None:  # strings, as the shared runtime's parameters (gRPC parameters are scalars)
+            settings = self.escalation.settings
+            metadata.parameters = Parameters(**metadata.parameters.model_dump(exclude_none=True),
+                                             escalate_to=settings.url, escalate_below=f"{settings.below:g}")
+        return metadata
+
+    async def unload(self) -> bool:
+        if self.escalation is not None:
+            self.escalation.close()
+        return await super().unload()

@@ -31,6 +31,9 @@ class ModelSpec:
     standin: bool = False  # True for the offline stand-in: never quote its numbers as cassava accuracy
     # Filled by `cassava convert` for TFLite models: how the interpreter's I/O is quantized.
     tflite: Optional[dict] = None
+    # The edge escalates an image to the cloud when its confidence (shared/escalation.py) is below this; None: no
+    # threshold chosen for this model (`cassava serve edge --escalate-below P` gives one).
+    escalate_below: Optional[float] = None
 
     def __post_init__(self):
         self.class_names = tuple(self.class_names)
@@ -45,6 +48,8 @@ class ModelSpec:
             raise CassavaError(f"model spec: outputs must be 'probabilities' or 'logits', not {self.outputs!r}")
         if len(self.class_names) < 2:
             raise CassavaError("model spec: at least two class names are needed")
+        if self.escalate_below is not None and not 0.0 <= float(self.escalate_below) <= 1.0:
+            raise CassavaError(f"model spec: escalate_below is a confidence from 0 to 1, not {self.escalate_below}")
 
     @property
     def num_classes(self) -> int:

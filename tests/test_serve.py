@@ -79,6 +79,8 @@ def test_a_busy_port_is_one_line():
     (["edge"], "serve edge needs --model"),
     (["cloud", "--model", "standin", "--http-port", "9000", "--grpc-port", "9000"], "ports must differ"),
     (["cloud", "--model", "standin", "--workers", "-1"], "--workers must be 0 or more"),
+    (["cloud", "--model", "standin", "--escalate-to", "http://127.0.0.1:1"], "--escalate-to is for the edge tier"),
+    (["edge", "--model", "m.tflite", "--escalate-below", "0.5"], "go with --escalate-to URL"),
 ])
 def test_argument_errors_are_one_line(args, words):
     _one_line_error(run_cli("serve", *args, timeout=120), words)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from typing import Callable, List
+from typing import Callable, List, Optional
 
 from mlserver.types import InferenceRequest
 
@@ -47,6 +47,52 @@ class SingleRoute:
         self.tier.transport.close()
 
 
+class Breaker:
+    """A server's health as its callers see it: up until a call fails; then down, and `probe()` (a short readiness
+    check) runs at most every `probe_interval_s`, by one caller while the others carry on without the server; up
+    again when the probe or a call succeeds (`on_back()` then runs once). Used by `--auto` failover and by the edge's
+    escalation to the cloud."""
+
+    def __init__(self, probe: Callable[[], bool], probe_interval_s: float = 3.0, up: Optional[bool] = None,
+                 on_back: Callable[[], None] = lambda: None, clock: Callable[[], float] = time.monotonic):
+        self._probe, self._on_back = probe, on_back
+        self._clock = clock  # the clock the probes are timed by (tests bring their own)
+        self.probe_interval_s = probe_interval_s
+        self._lock = threading.Lock()
+        self._up = probe() if up is None else up
+        self._next_probe = clock() + probe_interval_s
+
+    @property
+    def up(self) -> bool:
+        return self._up
+
+    def available(self) -> bool:
+        """Up, or down with a probe due that answers now (this caller probes; the probe's result is recorded)."""
+        probe = False
+        with self._lock:
+            if not self._up and self._clock() >= self._next_probe:
+                self._next_probe = self._clock() + self.probe_interval_s
+                probe = True
+        if probe and self._probe():
+            self.recovered()
+        return self._up
+
+    def failed(self) -> bool:
+        """A call failed: down, next probe in `probe_interval_s`. -> True if it was up (say so once)."""
+        with self._lock:
+            was_up, self._up = self._up, False
+            self._next_probe = self._clock() + self.probe_interval_s
+        return was_up
+
+    def recovered(self) -> bool:
+        """A probe or call succeeded: up. -> True if it was down (and `on_back()` ran)."""
+        with self._lock:
+            was_down, self._up = not self._up, True
+        if was_down:
+            self._on_back()
+        return was_down
+
+
 class FailoverRoute:
     """Prefer one tier (the edge); fall back to the other (the cloud) while it is down; return when it is back."""
 
@@ -59,17 +105,17 @@ class FailoverRoute:
         self.tiers = [preferred, fallback]
         self.grpc = preferred.transport.grpc
         self.probe_interval_s, self.probe_timeout_s = probe_interval_s, probe_timeout_s
-        self._say, self._clock = say, clock  # the clock the probes are timed by (tests bring their own)
-        self._lock = threading.Lock()
-        self._preferred_up = preferred.transport.ready(probe_timeout_s)
-        self._next_probe = self._clock() + probe_interval_s
-        if not self._preferred_up:
+        self._say = say
+        self._health = Breaker(lambda: preferred.transport.ready(probe_timeout_s), probe_interval_s,
+                               on_back=lambda: say(f"{preferred.name} {preferred.transport.address} is back: "
+                                                   "using it again"), clock=clock)
+        if not self._health.up:
             say(f"{preferred.name} {preferred.transport.address} is not ready: using the {fallback.name} "
                 f"{fallback.transport.address} (checking the {preferred.name} every {probe_interval_s:g} s)")
 
     @property
     def preferred_up(self) -> bool:
-        return self._preferred_up
+        return self._health.up
 
     def metadata(self) -> ModelInfo:
         """From whichever tier answers first; both tiers serve the same model interface."""
@@ -100,32 +146,17 @@ class FailoverRoute:
 
     def _order(self):
         """(first tier to try, the other); re-probes the preferred tier when it is down and a probe is due."""
-        probe = False
-        with self._lock:
-            if not self._preferred_up and self._clock() >= self._next_probe:
-                self._next_probe = self._clock() + self.probe_interval_s
-                probe = True  # this thread probes; the others carry on with the fallback meanwhile
-        if probe and self.preferred.transport.ready(self.probe_timeout_s):
-            self._mark_up()
-        if self._preferred_up:
+        if self._health.available():
             return self.preferred, self.fallback
         return self.fallback, self.preferred
 
     def _mark_down(self, tier: Endpoint, error: Exception) -> None:
-        if tier is not self.preferred:
-            return
-        with self._lock:
-            was_up, self._preferred_up = self._preferred_up, False
-            self._next_probe = self._clock() + self.probe_interval_s
-        if was_up:
+        if tier is self.preferred and self._health.failed():
             self._say(f"{tier.name} unavailable ({error}): using the {self.fallback.name} "
                       f"{self.fallback.transport.address}")
 
     def _mark_up(self) -> None:
-        with self._lock:
-            was_up, self._preferred_up = self._preferred_up, True
-        if not was_up:
-            self._say(f"{self.preferred.name} {self.preferred.transport.address} is back: using it again")
+        self._health.recovered()
 
     def describe(self) -> str:
         return (f"auto: {self.preferred.name} {self.preferred.transport.address}, "

@@ -41,6 +41,14 @@ def add_arguments(parser):
                         help="model pixel range: 1 = [0,1], 255 = raw 0-255")
     parser.add_argument("--classes", type=parse_class_list,
                         help="class names in model output order, e.g. cbb,cbsd,cgm,cmd,healthy")
+    parser.add_argument("--escalate-to", metavar="URL",
+                        help="edge: send the images the edge model is unsure of to the cloud tier at URL "
+                             "(http://HOST:PORT or the Seldon ingress path) and answer with its result")
+    parser.add_argument("--escalate-below", type=float, metavar="P",
+                        help="edge: an image is unsure when its top probability is below P (default: the model's "
+                             "cassava-model.json escalate_below)")
+    parser.add_argument("--escalate-timeout", type=float, metavar="S",
+                        help="edge: seconds to wait for the cloud before answering provisionally (default 2)")
     parser.add_argument("--run-dir", type=Path,
                         help="where the MLServer settings are written (default: a temporary dir)")
 
@@ -56,10 +64,13 @@ def run(args) -> int:
     ports = [p if p is not None else d for p, d in zip((args.http_port, args.grpc_port, args.metrics_port), defaults)]
     check_ports(args.host, ports)
     debug = bool(getattr(args, "debug", False))
+    escalation = escalation_flags(args, tier)
     spec = check_model(tier, model, args.input_scale, args.classes, debug)
+    extra = escalation and _preflight_escalation(escalation, spec)
     run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix=f"cassava-{tier}-"))
     try:
-        run_dir = write_run_dir(run_dir, tier, model, args.host, ports, args.workers, args.input_scale, args.classes)
+        run_dir = write_run_dir(run_dir, tier, model, args.host, ports, args.workers, args.input_scale, args.classes,
+                                extra)
     except BaseException:
         if not args.run_dir:
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -151,11 +162,29 @@ def _cloud_spec(model, input_scale, classes, quiet: bool) -> dict:
         raise CassavaError(f"model {model}: cannot load ({type(exc).__name__}: {first})") from None
 
 
+def escalation_flags(args, tier: str) -> dict:
+    """--escalate-* as model-settings `parameters.extra` entries (edge/escalate.py says what they mean)."""
+    given = {"escalate_to": args.escalate_to, "escalate_below": args.escalate_below,
+             "escalate_timeout_s": args.escalate_timeout}
+    given = {key: value for key, value in given.items() if value is not None}
+    if given and tier != "edge":
+        raise CassavaError("--escalate-to is for the edge tier (it sends the images it is unsure of to the cloud)")
+    if given and not args.escalate_to:
+        raise CassavaError("--escalate-below and --escalate-timeout go with --escalate-to URL")
+    return given
+
+
+def _preflight_escalation(given: dict, spec) -> dict:
+    from cassava.edge.escalate import preflight
+
+    return preflight(given, spec)
+
+
 # ---------------------------------------------------------------- the run dir
 
 
 def write_run_dir(run_dir, tier: str, model: str, host: str, ports, workers=None, input_scale=None,
-                  classes=None) -> Path:
+                  classes=None, extra: dict = None) -> Path:
     """Copy the tier's settings into `run_dir` with this run's model, address and overrides. Returns the run dir."""
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -168,11 +197,12 @@ def write_run_dir(run_dir, tier: str, model: str, host: str, ports, workers=None
         parameters["version"] = STANDIN_VERSION  # the served version says which stand-in answers
     elif model.rstrip("/") != CROPNET_HANDLE and tier == "cloud":
         parameters.pop("version", None)  # the shipped version names CropNet; another model is unversioned
-    extra = parameters.setdefault("extra", {})
+    more_extra, extra = extra, parameters.setdefault("extra", {})
     if input_scale is not None:
         extra["input_scale"] = float(input_scale)
     if classes:
         extra["classes"] = ",".join(classes)
+    extra.update(more_extra or {})
 
     http_port, grpc_port, metrics_port = ports
     settings.update(host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,

@@ -1,0 +1,84 @@
+"""What makes an image "hard" for the edge model, in one place: a confidence score from the edge model's own
+probabilities, and the threshold below which an image goes to the cloud.
+
+An image is hard when `confidence(p) < threshold`. The threshold is chosen from a target: given, for held-out
+images, the edge's confidence and whether the edge agreed with the full model, `threshold_for` returns the smallest
+threshold whose escalations (answered by the full model, so agreeing by definition) bring agreement up to the
+target. Pure numpy: used by the edge server, and by whatever computes the curve (convert, compare).
+"""
+from __future__ import annotations
+
+from typing import List, Sequence
+
+import numpy as np
+
+# Scores compared on the real model (README "Joint inference"); every one is in [0, 1], higher = more confident.
+SCORES = ("top", "margin", "entropy")
+# The one the server uses. On the real model and photos, top probability escalated the fewest images for the same
+# agreement (README "Joint inference": the measured curve); it is also the simplest to explain.
+SCORE = "top"
+
+
+def confidence(probabilities: np.ndarray, score: str = SCORE) -> np.ndarray:
+    """float [N, C] probabilities -> float [N] confidence in [0, 1]:
+    top      the largest probability
+    margin   the largest minus the second largest
+    entropy  1 - H(p) / log C (1: one class certain; 0: uniform)"""
+    p = np.asarray(probabilities, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] < 2:
+        raise ValueError(f"probabilities must be [N, C] with C >= 2, got shape {list(p.shape)}")
+    if score == "top":
+        return p.max(axis=1)
+    if score == "margin":
+        ordered = np.sort(p, axis=1)
+        return ordered[:, -1] - ordered[:, -2]
+    if score == "entropy":
+        safe = np.clip(p, 1e-12, 1.0)
+        return 1.0 - (-(p * np.log(safe)).sum(axis=1)) / np.log(p.shape[1])
+    raise ValueError(f"unknown confidence score {score!r} (choose from {', '.join(SCORES)})")
+
+
+def is_hard(probabilities: np.ndarray, threshold: float, score: str = SCORE) -> np.ndarray:
+    """-> bool [N]: the images the edge should not answer alone."""
+    return confidence(probabilities, score) < threshold
+
+
+def candidate_thresholds(scores: Sequence[float]) -> np.ndarray:
+    """Every threshold that sends a different set: 0 (none), midpoints between consecutive distinct scores, and just
+    above the largest (all). Midpoints, so that a score equal to one seen here falls on the same side again."""
+    distinct = np.unique(np.asarray(scores, dtype=np.float64))
+    if distinct.size == 0:
+        return np.array([0.0])
+    middles = (distinct[:-1] + distinct[1:]) / 2
+    return np.concatenate([[0.0], middles, [np.nextafter(distinct[-1], np.inf)]])
+
+
+def curve(scores: Sequence[float], agreed: Sequence[bool]) -> List[dict]:
+    """Agreement with the full model vs the fraction escalated, one point per candidate threshold (ascending).
+    Escalated images count as agreeing: the full model answers them."""
+    scores, agreed = _pairs(scores, agreed)
+    n = max(1, len(scores))
+    points = []
+    for threshold in candidate_thresholds(scores):
+        hard = scores < threshold
+        points.append({"threshold": float(threshold), "escalated": int(hard.sum()), "fraction_escalated":
+                       float(hard.sum()) / n, "agreement": float((hard | agreed).sum()) / n})
+    return points
+
+
+def threshold_for(scores: Sequence[float], agreed: Sequence[bool], target: float) -> float:
+    """The smallest threshold whose agreement reaches `target` (it sends the fewest images that do)."""
+    if not 0.0 <= target <= 1.0:
+        raise ValueError(f"target agreement must be between 0 and 1, not {target}")
+    for point in curve(scores, agreed):
+        if point["agreement"] >= target - 1e-12:
+            return point["threshold"]
+    raise AssertionError("escalating every image always reaches agreement 1")
+
+
+def _pairs(scores, agreed):
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    agreed = np.asarray(agreed, dtype=bool).reshape(-1)
+    if scores.shape != agreed.shape:
+        raise ValueError(f"{scores.size} scores but {agreed.size} agreement flags")
+    return scores, agreed
