@@ -16,6 +16,8 @@ def add_arguments(parser):
                              "serves, so the previous verified one does; restore: undo rollbacks")
     parser.add_argument("store", type=Path, help="model store: a folder of numbered versions STORE/1, STORE/2 ...")
     parser.add_argument("--version", type=int, dest="only", help="restore: only this version (default: all)")
+    parser.add_argument("--allow-spec-change", action="store_true",
+                        help="as `cassava serve --allow-spec-change`: a version may change input size or classes")
 
 
 def folder_bytes(folder: Path) -> int:
@@ -23,36 +25,29 @@ def folder_bytes(folder: Path) -> int:
 
 
 def run(args) -> int:
-    from cassava.shared.manifest import verify
     from cassava.shared.server import store
 
     if not store.is_store(args.store):
         raise CassavaError(f"{args.store}: not a model store (no numbered version folders in it)")
-    if args.action == "rollback":
-        version = store.rollback(args.store, verifies=lambda folder: verify(folder) is None)
-        print(f"version {version} rolled back (listed in {args.store / store.ROLLBACK_FILE}); a server watching "
-              f"{args.store} serves the previous verified version within its watch interval")
-        return 0
     if args.action == "restore":
         left = store.restore(args.store, args.only)
         print(f"restored; still rolled back: {', '.join(map(str, sorted(left))) or 'none'}")
         return 0
-    out = store.excluded(args.store)
-    serving = None
-    rows = []
+    states = store.verification(args.store, allow_spec_change=args.allow_spec_change)
+    if args.action == "rollback":
+        version = store.rollback(args.store, states)
+        print(f"version {version} rolled back (listed in {args.store / store.ROLLBACK_FILE}); a server watching "
+              f"{args.store} serves the previous verified version within its watch interval")
+        return 0
+    out, serves = store.excluded(args.store), store.serving(args.store, states)
+    print(f"{'version':>7}  {'bytes':>12}  state")
     for version in reversed(store.versions(args.store)):
-        folder = args.store / str(version)
-        refusal = verify(folder)
+        refusal = states[version]
         state = f"refused: {refusal}" if refusal else "verified"
         if version in out:
             state = f"rolled back ({state})"
-        elif refusal is None and serving is None:
-            serving = version
-        rows.append((version, folder_bytes(folder), state))
-    print(f"{'version':>7}  {'bytes':>12}  state")
-    for version, size, state in rows:
-        mark = "  <- serves" if version == serving else ""
-        print(f"{version:>7}  {size:>12,}  {state}{mark}")
-    print("serves: the highest version that verifies and is not rolled back, which is what a server watching this "
-          "store picks (a running server also refuses a version whose spec differs from the one it serves)")
+        mark = "  <- serves" if version == serves else ""
+        print(f"{version:>7}  {folder_bytes(args.store / str(version)):>12,}  {state}{mark}")
+    print("verified: as a server watching this store since its first version sees it (each version's spec checked "
+          "against the verified one below it); serves: the highest verified version not rolled back")
     return 0

@@ -176,12 +176,29 @@ class StoreWatcher:
             self._task.cancel()
 
 
-def rollback(store, verifies: Callable = None) -> int:
-    """Exclude the version that serves (the newest candidate that `verifies(folder)`, as a watching server picks);
+def verification(store, load: Callable = None, allow_spec_change: bool = False) -> dict:
+    """version -> None (verified) or its Refusal, as a server watching the store since version 1 sees them: each
+    version's spec is checked against the version below it that verified. Loads every version (blocking)."""
+    states, spec = {}, None
+    for version in versions(store):
+        classifier, refusal = load_verified(Path(store) / str(version), load, spec, allow_spec_change)
+        states[version] = refusal
+        if classifier is not None:
+            spec = classifier.spec
+    return states
+
+
+def serving(store, states: dict) -> Optional[int]:
+    """The version a server watching the store serves, given `verification(store)`."""
+    return next((v for v in candidates(store) if states.get(v, True) is None), None)
+
+
+def rollback(store, states: Optional[dict] = None) -> int:
+    """Exclude the version that serves (`states`: verification(store); None: the newest not excluded);
     -> the version excluded. Another candidate must remain to serve."""
     order = candidates(store)
-    if verifies is not None:
-        order = [v for v in order if verifies(Path(store) / str(v))]
+    if states is not None:
+        order = [v for v in order if states.get(v, True) is None]
     if len(order) < 2:
         raise CassavaError(f"model store {store}: nothing to roll back to ({len(order)} verified version(s) in "
                            "service)")
