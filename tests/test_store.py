@@ -227,3 +227,26 @@ def test_rollback_and_removal_under_load_return_to_the_previous_version(store_se
         load.wait_for("1", time.monotonic())
         assert load.latest() == {"1"}
     assert load.failures == [] and load.count > 20
+
+
+def test_the_offline_bundle_installs_the_model_as_the_next_store_version(edge_version, tmp_path):
+    """install.sh's model step (the rest installs wheels, tested in a container by test_images.py): each install
+    adds a version, renamed into place, that the device verifies."""
+    import subprocess
+
+    from cassava.edge.bundle import INSTALL_SH
+    from cassava.shared.manifest import verify
+    from cassava.shared.server.store import versions
+
+    script = INSTALL_SH.format(python="3.11", major=3, minor=11, dist="cassava-cloud-edge")
+    step = script[script.index("# The model becomes"):]
+    bundle = tmp_path / "bundle"
+    shutil.copytree(edge_version, bundle / "model")
+    for _ in range(2):
+        proc = subprocess.run(["sh", "-euc", f'here={bundle}; dest={tmp_path / "cassava"}\n{step}'],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+    store = tmp_path / "cassava" / "models"
+    assert versions(store) == [1, 2] and "model version 2" in proc.stdout
+    assert not [p for p in store.iterdir() if p.name.startswith(".")]
+    assert verify(store / "2") is None
