@@ -133,9 +133,12 @@ class StoreWatcher:
             mark = signature(folder)
             if version in self._refused and self._refused[version][0] == mark:
                 continue
+            started = time.perf_counter()
             classifier, refusal = load_verified(folder, self.load, self.spec, self.allow_spec_change)
             if refusal is None:
                 self._refused.pop(version, None)
+                log.info("model %s: store version %s loaded and verified in %.2f s", self.model_name, version,
+                         time.perf_counter() - started)
                 return version, classifier
             self.refuse(version, mark, refusal)
         if self.serving is not None and self._gone_warned != self.serving:
