@@ -39,6 +39,7 @@ MANIFEST_FILE = "cassava-manifest.json"
 SELFCHECK_FILE = "cassava-selfcheck.npz"
 REPORT_FILE = "conversion-report.json"  # written by `cassava convert` (edge/convert.py)
 SELFCHECK_IMAGES = 4
+CANDIDATE_IMAGES = 32
 # The copy's answers may differ from the source's (int8 rounding): allowed is what was measured at conversion plus
 # this margin, on probabilities in [0, 1], with the same top-1 class on every self-check image.
 TOLERANCE_MARGIN = 0.05
@@ -93,8 +94,8 @@ def write_manifest(folder, pixels: np.ndarray, source_probabilities: np.ndarray,
     folder = Path(folder)
     classifier = (load or default_loader)(folder)
     spec = classifier.spec
-    pixels = np.asarray(pixels, np.uint8)
-    expected = np.asarray(source_probabilities, np.float32)
+    pixels = np.asarray(pixels[:CANDIDATE_IMAGES], np.uint8)  # enough to find `images` the copy agrees on
+    expected = np.asarray(source_probabilities[:CANDIDATE_IMAGES], np.float32)
     got = classifier.predict(to_model_input(pixels, spec.input_scale))
     agree = np.flatnonzero(got.argmax(axis=1) == expected.argmax(axis=1))[:images]
     if not len(agree):
