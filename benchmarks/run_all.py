@@ -33,6 +33,7 @@ MODULES = (
     ("bench_edge", "edge vs cloud: latency, size, RSS, cold start"),
     ("bench_client", "end to end: the client's default wire format vs the tutorial's float JSON"),
     ("bench_edge_throughput", "edge server images/s with 1, 2 and 4 concurrent clients"),
+    ("bench_swap", "model store hot swap under 4 clients: rename → first answer, peak ÷ steady process-tree RSS"),
     ("bench_quant",
      "real model: plain int8 vs --target-agreement 0.99 on 150 held-out photos (agreement, size, latency)"),
     ("bench_images", "container image sizes, edge process tree RSS (native) and edge container memory (qemu)"),

@@ -19,6 +19,7 @@ COMMANDS = {
     "serve": ("cassava.shared.server.serve", "serve the model over V2 REST + gRPC with MLServer (cloud or edge tier)"),
     "convert": ("cassava.edge.convert",
                 "convert a model to TFLite (int8/dynamic/float16), verified against the source"),
+    "models": ("cassava.models", "a model store's versions: list them, roll back the serving one, restore"),
     "bundle": ("cassava.edge.bundle", "pack the edge server, its wheels and a converted model for an offline device"),
     "compare": ("cassava.shared.evaluate.compare", "accuracy comparison of the cloud model and its TFLite copies"),
     "watch": ("cassava.edge.watch", "classify camera frames or new files in a folder on the edge, offline"),

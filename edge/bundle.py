@@ -5,7 +5,10 @@ download, binary wheels only, for the device's Python), this project's own wheel
 On the device (Raspberry Pi OS 64-bit bookworm: Python 3.11, python3-venv):
 
     tar xzf cassava-edge.tar.gz && ./cassava-edge/install.sh        # venv in ~/cassava, no network used
-    ~/cassava/bin/cassava serve edge --model ~/cassava/model --host 0.0.0.0
+    ~/cassava/bin/cassava serve edge --model ~/cassava/models --host 0.0.0.0
+
+The model is installed as the next version of the model store ~/cassava/models (1, then 2, ...: written under a
+temporary name, then renamed), so installing a newer bundle beside a running server updates it without a restart.
 """
 from __future__ import annotations
 
@@ -43,8 +46,14 @@ python3 -m venv "$dest"
 # --no-compile: Python compiles (and caches) only the modules the server imports, on first start: a faster install.
 "$dest/bin/pip" install --no-index --find-links "$here/wheels" --disable-pip-version-check --no-compile -q \
     "{dist}[edge]"
-mkdir -p "$dest/model" && cp "$here"/model/* "$dest/model/"
-echo "installed in $dest; serve with: $dest/bin/cassava serve edge --model $dest/model --host 0.0.0.0"
+# The model becomes the next version of the store $dest/models: a server watching it picks it up.
+mkdir -p "$dest/models"
+last=$(ls "$dest/models" | grep -E '^[0-9]+$' | sort -n | tail -n 1)
+version=$((${{last:-0}} + 1))
+rm -rf "$dest/models/.$version.tmp"
+cp -R "$here/model" "$dest/models/.$version.tmp" && mv "$dest/models/.$version.tmp" "$dest/models/$version"
+echo "installed in $dest (model version $version); serve with: $dest/bin/cassava serve edge --model $dest/models" \
+     "--host 0.0.0.0"
 """
 
 
@@ -98,15 +107,18 @@ def _python_version(text: str):
 
 
 def _model_files(model: Path) -> list:
-    """The converted model's files, after checking the model loads (a broken bundle is found here, not on the Pi)."""
-    from cassava.edge.interpreter import load_tflite_classifier
+    """The converted model's files, after the device's own verification (a broken bundle is found here, not on the
+    Pi): the device's store would refuse what fails it."""
+    from cassava.shared.manifest import verify
     from cassava.shared.native import native_stderr_silenced
     from cassava.shared.spec import SPEC_FILE, TFLITE_FILE
 
     if not (model / TFLITE_FILE).is_file() or not (model / SPEC_FILE).is_file():
         raise CassavaError(f"--model {model}: expected a `cassava convert` folder with {TFLITE_FILE} and {SPEC_FILE}")
     with native_stderr_silenced(True):
-        load_tflite_classifier(str(model))
+        refusal = verify(model)
+    if refusal:
+        raise CassavaError(f"--model {model}: refused ({refusal})")
     return [path for path in sorted(model.iterdir()) if path.is_file()]
 
 

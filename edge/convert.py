@@ -21,6 +21,7 @@ import numpy as np
 
 from cassava.shared.errors import CassavaError
 from cassava.shared.labels import parse_class_list
+from cassava.shared.manifest import write_manifest
 from cassava.shared.spec import SPEC_FILE, STANDIN_NOTE, TFLITE_FILE
 
 MODES = ("int8", "dynamic", "float16", "none")
@@ -457,6 +458,8 @@ def run(args) -> int:
             except Exception as exc:  # ConverterError, RuntimeError or ValueError, with pages of detail
                 raise CassavaError(f"{explain_failure(exc)} (converter log: {log_path})") from None
         report = check_and_write(args, tf, source, path, content, quantize, io, data, calibration_info, held, selective)
+        if report["verified"]:  # what a device checks before serving it (shared/manifest.py)
+            write_manifest(out, held.pixels, held.expected)
     except CassavaError:
         remove_outputs(out)
         raise

@@ -52,7 +52,10 @@ MODEL_MOUNT = "/mnt/models"
 # Every kustomization the README documents; more may exist and are rendered and validated too.
 EXPECTED_KUSTOMIZATIONS = {".", "cloud", "edge", "kserve", "overlays/autoscale", "overlays/edge-plain",
                            "overlays/ingress-nginx"}
-KUSTOMIZATIONS = sorted(str(p.parent.relative_to(DEPLOY)) for p in DEPLOY.rglob("kustomization.yaml"))
+# The ConfigMap overlay renders only once set-model.sh has put a converted model in it: tested on a copy, below.
+NEEDS_MODEL = ("overlays/edge-configmap",)
+KUSTOMIZATIONS = sorted(rel for rel in (str(p.parent.relative_to(DEPLOY)) for p in DEPLOY.rglob("kustomization.yaml"))
+                        if rel not in NEEDS_MODEL)
 # The plain-Deployment edge variant is for KubeEdge clusters without Seldon, deploy/kserve for KServe clusters: every
 # other kustomization has SDeps.
 WITHOUT_SELDON = ("kserve", "overlays/edge-plain")
@@ -700,3 +703,81 @@ def test_kserve_runtime_runs_the_cloud_image_as_its_settings_say():
     assert expressions[ARCH_LABEL]["values"] == ["amd64"]
     # The image's model-settings.json names the model `cassava`, the InferenceService's name: one inference path.
     assert load_json(REPO / "cloud" / "model-settings.json")["name"] == _kserve_service()["metadata"]["name"]
+
+
+# ----------------------------------------------------------------------------- the model as a ConfigMap (KubeEdge)
+
+CONFIGMAP_LIMIT = 1024 * 1024
+
+
+def _configmap_overlay(tmp_path: Path, model: Path):
+    """deploy/ copied, set-model.sh run on `model`: -> (the overlay folder, set-model.sh's result)."""
+    copy_of = tmp_path / "deploy"
+    shutil.copytree(DEPLOY, copy_of, ignore=shutil.ignore_patterns("model"))
+    overlay = copy_of / "overlays" / "edge-configmap"
+    result = subprocess.run(["sh", str(overlay / "set-model.sh"), str(model)], capture_output=True, text=True,
+                            timeout=60)
+    return overlay, result
+
+
+@pytest.fixture(scope="module")
+def converted_edge(tmp_path_factory) -> Path:
+    from test_convert import converted, standin_args
+
+    return converted(tmp_path_factory.getbasetemp() / "conversions", "standin-int8", *standin_args("int8"))
+
+
+@pytest.mark.slow
+def test_configmap_overlay_carries_the_model_as_store_version_1(tmp_path, converted_edge):
+    import base64
+
+    from cassava.shared.manifest import verify
+
+    overlay, result = _configmap_overlay(tmp_path, converted_edge)
+    assert result.returncode == 0, result.stderr
+    proc = subprocess.run([_tool("kubectl"), "kustomize", str(overlay)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    configmap = next(d for d in docs if d["kind"] == "ConfigMap")
+    name = configmap["metadata"]["name"]
+    assert re.fullmatch(r"cassava-edge-model-[a-z0-9]{10}", name), name  # kustomize's content hash suffix
+    assert configmap["metadata"]["namespace"] == NAMESPACE
+    files = {k: base64.b64decode(v) for k, v in configmap.get("binaryData", {}).items()}
+    files.update({k: v.encode() for k, v in configmap.get("data", {}).items()})
+    assert files["model.tflite"] == (converted_edge / "model.tflite").read_bytes()  # the model's bytes, exactly
+    assert sum(map(len, files.values())) <= CONFIGMAP_LIMIT
+
+    deployment = one(docs, "Deployment", "cassava-edge-plain")
+    volume = next(v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "model")
+    assert "hostPath" not in volume and volume["configMap"]["name"] == name
+    mount = next(m for m in containers(deployment)[0]["volumeMounts"] if m["name"] == "model")
+    assert mount["mountPath"] == MODEL_MOUNT and mount["readOnly"] is True
+
+    # What the pod sees at /mnt/models: a store whose version 1 passes the device's verification.
+    store = tmp_path / "mnt-models"
+    for item in volume["configMap"]["items"]:
+        (store / item["path"]).parent.mkdir(parents=True, exist_ok=True)
+        (store / item["path"]).write_bytes(files[item["key"]])
+    assert sorted(p.name for p in store.iterdir()) == ["1"]
+    assert verify(store / "1") is None
+
+    kv = pytest.importorskip("kubernetes_validate")
+    for doc in docs:
+        kv.validate(doc, "1.28.0", strict=True)
+
+
+def test_configmap_overlay_refuses_a_model_above_the_limit(tmp_path):
+    model = tmp_path / "big"
+    model.mkdir()
+    for name in ("cassava-model.json", "cassava-manifest.json", "cassava-selfcheck.npz", "conversion-report.json"):
+        (model / name).write_text("{}")
+    (model / "model.tflite").write_bytes(os.urandom(CONFIGMAP_LIMIT))
+    overlay, result = _configmap_overlay(tmp_path, model)
+    assert result.returncode == 2
+    assert "above the ConfigMap limit" in result.stderr and "bake the model into the edge image" in result.stderr
+    assert not (overlay / "model").exists()
+
+    (model / "model.tflite").write_bytes(b"x" * 1000)
+    (model / "cassava-manifest.json").unlink()
+    _, result = _configmap_overlay(tmp_path / "again", model)
+    assert result.returncode == 2 and "cassava-manifest.json is missing" in result.stderr

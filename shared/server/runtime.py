@@ -38,6 +38,7 @@ from ..spec import is_model_path
 from . import rest
 from .batching import MicroBatcher
 from .process import LOAD_FAILURE_ENV
+from .store import WATCH_INTERVAL_S, StoreWatcher, is_store
 
 log = logging.getLogger("cassava.runtime")
 
@@ -105,22 +106,30 @@ class ImageClassifierRuntime(MLModel):
         rest.check_in_force()  # fail closed: no model, no server, if MLServer's REST app lacks the body limit
         extra = self._extra()
         uri = await self._model_uri()
-        self.classifier = await asyncio.to_thread(self.load_classifier, uri, extra)
+        if is_store(uri):
+            self.classifier = await self._open_store(uri, extra)
+        else:
+            self.classifier = await asyncio.to_thread(self.load_classifier, uri, extra)
         spec = self.classifier.spec
         self.max_request_images = int(extra.get("max_request_images", DEFAULT_MAX_REQUEST_IMAGES))
         self.inputs = metadata_inputs(spec)
         self.outputs = metadata_outputs(spec)
-        self._batcher = MicroBatcher(
-            self.classifier.predict,
+        self._batcher = self._new_batcher(self.classifier, extra)
+        log.info("model %s ready on the %s tier: %s, %dx%d input, classes %s", self.name, self.tier, spec.title,
+                 spec.input_size, spec.input_size, ",".join(spec.class_names))
+        if self._store:
+            self._store.start(self._swap)
+        return True
+
+    def _new_batcher(self, classifier, extra: dict) -> MicroBatcher:
+        return MicroBatcher(
+            classifier.predict,
             max_images=int(extra.get("max_batch_images", 16)),
             max_wait_s=float(extra.get("max_batch_wait_ms", 5)) / 1000.0,
             # One batch in flight per interpreter a classifier pools (TFLite); TF parallelises inside one call.
-            concurrency=int(extra.get("concurrent_batches", getattr(self.classifier, "pool_size", 1))),
+            concurrency=int(extra.get("concurrent_batches", getattr(classifier, "pool_size", 1))),
             on_batch=_metrics()["batch_images"].labels(self.name, self.tier).observe,
         )
-        log.info("model %s ready on the %s tier: %s, %dx%d input, classes %s", self.name, self.tier, spec.title,
-                 spec.input_size, spec.input_size, ",".join(spec.class_names))
-        return True
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
         request_input = self.validate(payload)
@@ -143,7 +152,7 @@ class ImageClassifierRuntime(MLModel):
 
     def encode(self, probabilities: np.ndarray, payload: InferenceRequest) -> InferenceResponse:
         spec = self.classifier.spec
-        response = build_response(self.name, self.version, probabilities, spec, payload.id)
+        response = build_response(self.name, self.serving_version, probabilities, spec, payload.id)
         for class_id in probabilities.argmax(axis=1):
             _metrics()["predictions"].labels(self.name, self.tier, spec.class_names[class_id]).inc()
         return response
@@ -156,13 +165,58 @@ class ImageClassifierRuntime(MLModel):
         current = metadata.parameters.model_dump(exclude_none=True) if metadata.parameters else {}
         metadata.parameters = Parameters(**current, description=spec.title, class_names=",".join(spec.class_names),
                                          input_scale=f"{spec.input_scale:g}", standin=str(spec.standin).lower(),
-                                         tier=self.tier)
+                                         tier=self.tier, **self._store_parameters())
         return metadata
 
     async def unload(self) -> bool:
+        if self._store:
+            self._store.stop()
         if getattr(self, "_batcher", None):
             self._batcher.close()
         return True
+
+    # ------------------------------------------------------------ a model store (store.py): verified hot swap
+    # Why a swap inside this one model rather than MLServer's model versions: MLServer would load each version as a
+    # model of its own, `/v2/models/cassava/infer` would reach whichever it made the default, and verification, the
+    # spec check and draining the old version would all sit outside the server. Here one model answers throughout;
+    # the swap is two assignments in the event loop between two requests.
+    _store: StoreWatcher = None
+
+    @property
+    def serving_version(self):
+        """The store version serving (a string, as V2 has it), or the settings' version for a plain model folder."""
+        return str(self._store.serving) if self._store and self._store.serving is not None else self.version
+
+    async def _open_store(self, uri: str, extra: dict):
+        """-> the classifier of the store's highest verified version; the watcher starts once the model is ready."""
+        self._store = StoreWatcher(uri, lambda folder: self.load_classifier(str(folder), extra),
+                                   interval=float(extra.get("store_interval_s", WATCH_INTERVAL_S)),
+                                   allow_spec_change=bool(extra.get("allow_spec_change", False)),
+                                   model_name=self.name, tier=self.tier)
+        version, classifier = await asyncio.to_thread(self._store.first)
+        self._store.served(version, classifier.spec)
+        self._settings.versions = [str(version)]  # metadata's `versions`
+        return classifier
+
+    async def _swap(self, version: int, classifier) -> None:
+        """A verified version takes new requests; the old one's micro-batcher closes when its requests are answered
+        (the old classifier is freed with the last reference to it)."""
+        old_batcher, old_version = self._batcher, self._store.serving
+        new_batcher = self._new_batcher(classifier, self._extra())
+        self.classifier, self._batcher = classifier, new_batcher  # no await in between: one request sees one model
+        self.inputs, self.outputs = metadata_inputs(classifier.spec), metadata_outputs(classifier.spec)
+        self._store.served(version, classifier.spec)
+        self._settings.versions = [str(version)]
+        log.info("model %s: store version %s serves now (was %s)", self.name, version, old_version)
+        if not await old_batcher.drain():
+            log.warning("model %s: version %s still had requests after 120 s; closing it", self.name, old_version)
+        old_batcher.close()
+
+    def _store_parameters(self) -> dict:
+        if not self._store:
+            return {}
+        return {"store": str(self._store.store), "serving_version": str(self._store.serving),
+                "store_interval_s": f"{self._store.interval:g}"}
 
 
 def report_load_failure(exc: Exception) -> None:

@@ -23,6 +23,7 @@ from ..labels import parse_class_list
 from ..native import native_stderr_silenced
 from ..spec import CROPNET_HANDLE, is_model_path, model_kind
 from ..tiers import TIERS
+from .store import MAX_INTERVAL_S, WATCH_INTERVAL_S, StoreWatcher, is_store
 from .supervise import model_line, serve  # noqa: F401 (serve: the supervisor, also used by tests)
 
 
@@ -30,7 +31,9 @@ def add_arguments(parser):
     parser.add_argument("tier", choices=tuple(TIERS), help="cloud: full TF model; edge: TFLite model (no TensorFlow)")
     parser.add_argument("--model", help=f"cloud: TF Hub handle (default: {CROPNET_HANDLE}), SavedModel dir or "
                                         "'standin' (offline stand-in, synthetic data); edge: model.tflite or a "
-                                        "`cassava convert` dir (required)")
+                                        "`cassava convert` dir (required); either tier: a model store, a folder "
+                                        "of numbered versions STORE/1, STORE/2 ... (the highest verified one serves; "
+                                        "new ones are picked up without a restart)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     parser.add_argument("--http-port", type=int, help="REST port (cloud 8080, edge 9080)")
     parser.add_argument("--grpc-port", type=int, help="gRPC port (cloud 8081, edge 9081)")
@@ -49,6 +52,10 @@ def add_arguments(parser):
                              "cassava-model.json escalate_below)")
     parser.add_argument("--escalate-timeout", type=float, metavar="S",
                         help="edge: seconds to wait for the cloud before answering provisionally (default 2)")
+    parser.add_argument("--allow-spec-change", action="store_true",
+                        help="model store: let a new version change input size, pixel range or classes")
+    parser.add_argument("--watch-interval", type=float, default=WATCH_INTERVAL_S,
+                        help=f"model store: seconds between looks for new versions (at most {MAX_INTERVAL_S:g})")
     parser.add_argument("--run-dir", type=Path,
                         help="where the MLServer settings are written (default: a temporary dir)")
 
@@ -63,6 +70,8 @@ def run(args) -> int:
     defaults = TIERS[tier].ports
     ports = [p if p is not None else d for p, d in zip((args.http_port, args.grpc_port, args.metrics_port), defaults)]
     check_ports(args.host, ports)
+    if not 0 < args.watch_interval <= MAX_INTERVAL_S:
+        raise CassavaError(f"--watch-interval must be above 0 and at most {MAX_INTERVAL_S:g} s")
     debug = bool(getattr(args, "debug", False))
     escalation = escalation_flags(args, tier)
     spec = check_model(tier, model, args.input_scale, args.classes, debug)
@@ -71,6 +80,8 @@ def run(args) -> int:
     try:
         run_dir = write_run_dir(run_dir, tier, model, args.host, ports, args.workers, args.input_scale, args.classes,
                                 extra)
+        if is_store(model):
+            store_settings(run_dir, args.watch_interval, args.allow_spec_change)
     except BaseException:
         if not args.run_dir:
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -135,6 +146,9 @@ def check_model(tier: str, model: str, input_scale=None, classes=None, debug: bo
             raise CassavaError(f"the edge tier is not installed ({exc}); "
                                "pip install 'cassava-cloud-edge[edge]'") from None
         with native_stderr_silenced(not debug):  # LiteRT's "INFO: Created ... XNNPACK delegate" and the like
+            if is_store(model):
+                return StoreWatcher(model, lambda f: load_tflite_classifier(f, input_scale=input_scale,
+                                                                            classes=classes)).first()[1].spec
             return load_tflite_classifier(model, input_scale=input_scale, classes=classes).spec
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -154,6 +168,9 @@ def _cloud_spec(model, input_scale, classes, quiet: bool) -> dict:
     from cassava.cloud.model import load_tf_classifier
 
     try:
+        if is_store(model):
+            return StoreWatcher(model, lambda f: load_tf_classifier(str(f), input_scale=input_scale,
+                                                                    classes=classes)).first()[1].spec.to_json()
         return load_tf_classifier(model, input_scale=input_scale, classes=classes).spec.to_json()
     except CassavaError:
         raise
@@ -181,6 +198,15 @@ def _preflight_escalation(given: dict, spec) -> dict:
 
 
 # ---------------------------------------------------------------- the run dir
+
+
+def store_settings(run_dir: Path, interval: float, allow_spec_change: bool) -> None:
+    """A model store's watch interval and spec rule, for the runtime (model-settings `parameters.extra`)."""
+    path = run_dir / "model-settings.json"
+    settings = json.loads(path.read_text())
+    extra = settings["parameters"].setdefault("extra", {})
+    extra.update(store_interval_s=float(interval), allow_spec_change=bool(allow_spec_change))
+    path.write_text(json.dumps(settings, indent=2) + "\n")
 
 
 def write_run_dir(run_dir, tier: str, model: str, host: str, ports, workers=None, input_scale=None,
