@@ -23,6 +23,7 @@ from ..labels import parse_class_list
 from ..native import native_stderr_silenced
 from ..spec import CROPNET_HANDLE, is_model_path, model_kind
 from ..tiers import TIERS
+from .page import PAGE_ENV
 from .supervise import model_line, serve  # noqa: F401 (serve: the supervisor, also used by tests)
 
 
@@ -41,6 +42,8 @@ def add_arguments(parser):
                         help="model pixel range: 1 = [0,1], 255 = raw 0-255")
     parser.add_argument("--classes", type=parse_class_list,
                         help="class names in model output order, e.g. cbb,cbsd,cgm,cmd,healthy")
+    parser.add_argument("--no-page", action="store_true",
+                        help="API only: no phone page on GET / (the same as CASSAVA_PAGE=off in the environment)")
     parser.add_argument("--run-dir", type=Path,
                         help="where the MLServer settings are written (default: a temporary dir)")
 
@@ -57,6 +60,8 @@ def run(args) -> int:
     check_ports(args.host, ports)
     debug = bool(getattr(args, "debug", False))
     spec = check_model(tier, model, args.input_scale, args.classes, debug)
+    if getattr(args, "no_page", False):
+        os.environ[PAGE_ENV] = "off"  # MLServer inherits it (exec, then the supervisor's child)
     run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix=f"cassava-{tier}-"))
     try:
         run_dir = write_run_dir(run_dir, tier, model, args.host, ports, args.workers, args.input_scale, args.classes)
