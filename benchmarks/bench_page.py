@@ -20,11 +20,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from _servers import REAL_PHOTOS, real_tflite, tier_server  # noqa: E402
+
 from browser import missing, phone_browser  # noqa: E402
 
 MORE_PHOTOS = REAL_PHOTOS.parent / "cassava-more"
 JPEG = "image/jpeg"
-# (name, the page's `scale` option); "short": the photo's short side to factor x the model's input size
+# (name, the page's `scale` option); "short": the photo's short side to factor x the model's input size. The first is
+# the page's choice (its SCALE, checked below).
 CANDIDATES = [
     ("input size, the server's own resize, PNG", {"fit": "model", "type": "image/png"}),
     ("input size, the server's own resize, JPEG 0.95", {"fit": "model", "type": JPEG, "quality": 0.95}),
@@ -100,6 +102,9 @@ def main() -> dict:
         reference = {name: api_answers(server.url, files) for name, files in sets.items()}
         with phone_browser() as driver:
             driver.get(server.url + "/")
+            chosen = driver.execute_script("return window.cassavaPage && window.cassavaPage.SCALE")
+            if chosen != CANDIDATES[0][1]:
+                raise RuntimeError(f"the page's SCALE {chosen} is not the first candidate {CANDIDATES[0][1]}")
             for label, scale in CANDIDATES:
                 started, row = time.monotonic(), {"candidate": label, "scale": scale}
                 for name, files in sets.items():
@@ -122,7 +127,13 @@ def main() -> dict:
     good = [r for r in rows if r["cassava-real"] == n_real and r["cassava-more"] >= TARGET_MORE * n_more]
     best = min(good, key=lambda r: r["cassava-more bytes"]) if good else None
     print(f"smallest that meets 27/27 and >= {TARGET_MORE:.0%}: {best['candidate'] if best else 'none'}")
-    return {"rows": rows, "model": str(model), "best": best and best["candidate"]}
+    page = rows[0]
+    ratios = [{"name": f"page scaling ({page['candidate']}) agrees with the API on the original, cassava-more",
+               "value": page["cassava-more"] / n_more, "target": TARGET_MORE, "better": "higher",
+               "note": f"{page['cassava-more']}/{n_more}, real int8 model"},
+              {"name": "the same on cassava-real", "value": page["cassava-real"] / n_real, "target": 1.0,
+               "better": "higher", "note": f"{page['cassava-real']}/{n_real}"}]
+    return {"rows": rows, "model": str(model), "best": best and best["candidate"], "ratios": ratios}
 
 
 if __name__ == "__main__":
