@@ -175,7 +175,7 @@ def test_the_page_sends_the_pixels_the_server_would_make_from_the_original(brows
         assert np.array_equal(pixels, preprocess(photo.read_bytes(), 256)), photo.name
 
 
-def test_not_an_image_and_too_large_are_said_then_a_photo_still_works(browser, real_edge, tmp_path):
+def test_bad_files_are_said_then_a_photo_still_works_and_history_keeps_50(browser, real_edge, tmp_path):
     open_page(browser, real_edge.url)
     notes = tmp_path / "notes.txt"
     notes.write_text("not a photo\n")
@@ -188,9 +188,15 @@ def test_not_an_image_and_too_large_are_said_then_a_photo_still_works(browser, r
         handle.truncate(51 * 1024 * 1024)
     assert pick(browser, huge).startswith("This photo is too large: 51.0 MB")
 
+    # a full history (50 older results): the photo's answer goes first and the oldest goes
+    old = [{"time": "2026-01-01T00:00:00Z", "file": f"old-{i}.jpg", "class": "cmd", "name": NAMES["cmd"],
+            "probability": "0.5000", "answered_by": "edge", "ms": 1, "bytes_sent": 1} for i in range(50)]
+    browser.execute_script("localStorage.setItem('cassava-history', arguments[0])", json.dumps(old))
     photo = real_photos(1)[0]
     assert re.fullmatch(rf"{NAMES[api_top1(real_edge.url, photo)]} \d+(\.\d)?%", pick(browser, photo))
     assert not shown(browser, "problem")
+    items = browser.find_elements("css selector", "#history li")
+    assert len(items) == 50 and items[0].text.endswith(f"({photo.name})") and items[-1].text.endswith("(old-1.jpg)")
 
 
 def test_csp_allows_only_its_own_origin_and_the_page_asks_no_other(browser, real_edge):
