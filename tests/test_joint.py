@@ -24,7 +24,6 @@ import pytest
 from cassava.shared.server.process import ServerProcess
 
 from helpers import BIN, free_port, run_cli
-from test_convert import converted, standin_args
 
 pytestmark = pytest.mark.slow
 N = 16
@@ -54,8 +53,8 @@ class Served(ServerProcess):
 
 
 @pytest.fixture(scope="module")
-def int8(tmp_path_factory, standin_model) -> Path:
-    return converted(tmp_path_factory.mktemp("joint-conversions"), "standin-int8", *standin_args("int8"))
+def int8(standin_int8) -> Path:
+    return standin_int8  # the session's one conversion (conftest); tests that change it work on a copy
 
 
 @pytest.fixture(scope="module")

@@ -209,6 +209,8 @@ def test_serve_standin_says_where_it_listens_answers_and_stops_with_sigterm(tmp_
             transport.close()
             assert probabilities.shape == (1, 6) and labels[0] in ("cbb", "cbsd", "cgm", "cmd", "healthy", "unknown")
         assert "cassava_predictions_total" in httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+        page = httpx.get(f"http://127.0.0.1:{http_port}/", timeout=10)  # the phone page (tests/test_page.py)
+        assert page.status_code == 200 and "default-src 'self'" in page.headers["content-security-policy"]
         settings = json.loads((tmp_path / "run" / "model-settings.json").read_text())
         assert settings["parameters"]["uri"] == "standin"
 

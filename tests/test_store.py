@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 
 from helpers import MLServer, run_cli
-from test_convert import converted, standin_args
 
 pytestmark = pytest.mark.slow
 
@@ -23,9 +22,9 @@ INTERVAL_S = 1.0  # the watch interval in these tests (the default is 5 s)
 
 
 @pytest.fixture(scope="session")
-def edge_version(tmp_path_factory) -> Path:
+def edge_version(standin_int8) -> Path:
     """A converted stand-in (int8): model.tflite, cassava-model.json, report, manifest and self-check."""
-    return converted(tmp_path_factory.getbasetemp() / "conversions", "standin-int8", *standin_args("int8"))
+    return standin_int8
 
 
 def rehash(folder: Path) -> None:

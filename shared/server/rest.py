@@ -26,6 +26,7 @@ import zlib
 import orjson  # MLServer's own JSON library
 
 from ..protocol import binary
+from . import page
 
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
 
@@ -201,6 +202,8 @@ def install() -> None:
 
     def create_app(*args, **kwargs):
         app = original(*args, **kwargs)
+        if page.enabled():
+            app.add_middleware(page.PageLayer)  # GET /: the phone page (page.py); inside the body limit
         app.add_middleware(RestLayer, max_bytes=max_request_bytes())
         return app
 

@@ -23,6 +23,7 @@ from ..labels import parse_class_list
 from ..native import native_stderr_silenced
 from ..spec import CROPNET_HANDLE, is_model_path, model_kind
 from ..tiers import TIERS
+from .page import PAGE_ENV
 from .store import MAX_INTERVAL_S, WATCH_INTERVAL_S, StoreWatcher, is_store
 from .supervise import model_line, serve  # noqa: F401 (serve: the supervisor, also used by tests)
 
@@ -56,6 +57,8 @@ def add_arguments(parser):
                         help="model store: let a new version change input size, pixel range or classes")
     parser.add_argument("--watch-interval", type=float, default=WATCH_INTERVAL_S,
                         help=f"model store: seconds between looks for new versions (at most {MAX_INTERVAL_S:g})")
+    parser.add_argument("--no-page", action="store_true",
+                        help="API only: no phone page on GET / (the same as CASSAVA_PAGE=off in the environment)")
     parser.add_argument("--run-dir", type=Path,
                         help="where the MLServer settings are written (default: a temporary dir)")
 
@@ -76,6 +79,8 @@ def run(args) -> int:
     escalation = escalation_flags(args, tier)
     spec = check_model(tier, model, args.input_scale, args.classes, debug)
     extra = escalation and _preflight_escalation(escalation, spec)
+    if getattr(args, "no_page", False):
+        os.environ[PAGE_ENV] = "off"  # MLServer inherits it (exec, then the supervisor's child)
     run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix=f"cassava-{tier}-"))
     try:
         run_dir = write_run_dir(run_dir, tier, model, args.host, ports, args.workers, args.input_scale, args.classes,
