@@ -16,6 +16,7 @@ from typing import Optional
 
 from cassava.shared.server.process import MLServerProcess as MLServer
 from cassava.shared.server.process import free_port
+from cassava.shared.spec import TFLITE_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 # The third-party test model and photos beside the repo (../shared); benchmarks that use them skip without them.
@@ -32,10 +33,10 @@ def standin_tflite(quantize: str = "int8") -> Path:
     from cassava.shared.cache import STANDIN_VERSION, build_lock, cache_dir
 
     target = cache_dir() / "bench" / f"{STANDIN_VERSION}-{quantize}"  # a new stand-in gets a new copy
-    if (target / "model.tflite").is_file():
+    if (target / TFLITE_FILE).is_file():
         return target
     with build_lock(f"bench-standin-{quantize}"):
-        if not (target / "model.tflite").is_file():
+        if not (target / TFLITE_FILE).is_file():
             target.parent.mkdir(parents=True, exist_ok=True)
             command = [sys.executable, "-m", "cassava", "convert", "--model", "standin", "--out", str(target),
                        "--quantize", quantize]
@@ -51,7 +52,7 @@ def real_tflite(quantize: str) -> Path:
 
     target = cache_dir() / "bench" / f"real-{quantize}"
     with build_lock(f"bench-real-{quantize}"):
-        if not (target / "model.tflite").is_file():
+        if not (target / TFLITE_FILE).is_file():
             command = [sys.executable, "-m", "cassava", "convert", "--model", str(REAL_MODEL), "--input-scale", "255",
                        "--classes", REAL_CLASSES, "--quantize", quantize, "--calibration", "standin:train",
                        "--verify-data", str(REAL_PHOTOS), "--out", str(target), "--quiet"]

@@ -142,7 +142,7 @@ def base_spec(model: str) -> ModelSpec:
         return found
     path = Path(model)
     # `.../cassava-cnn-256/saved_model` says more as its last two parts than as `saved_model`
-    name = "/".join(path.parts[-2:]) if path.name in ("saved_model", "model.tflite") else path.name
+    name = "/".join(path.parts[-2:]) if path.name in ("saved_model", TFLITE_FILE) else path.name
     return ModelSpec(description=name or str(model))
 
 

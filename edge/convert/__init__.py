@@ -13,7 +13,11 @@ order) and `command` (the flags and the printing).
 """
 from cassava.shared.spec import REPORT_FILE
 
+from .build import explain_failure
 from .options import MODES, ConvertOptions, check_arguments
 from .pipeline import LOG_FILE, Refused, convert
+from .plan import plan_data
+from .verify import refusal
 
-__all__ = ["MODES", "ConvertOptions", "check_arguments", "convert", "Refused", "LOG_FILE", "REPORT_FILE"]
+__all__ = ["MODES", "ConvertOptions", "check_arguments", "convert", "Refused", "LOG_FILE", "REPORT_FILE",
+           "plan_data", "explain_failure", "refusal"]
