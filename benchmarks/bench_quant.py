@@ -86,8 +86,10 @@ def main() -> dict:
                    target_name: convert(tmp / "target", folders, target_agreement=TARGET),
                    "float32": convert(tmp / "float32", folders, quantize="none")}
         dirs = dict(zip(reports, (tmp / "int8", tmp / "target", tmp / "float32")))
-        chose_on = {name for r in reports.values() for name in r["data"]["verification_files"]}
-        assert not chose_on & {s.name for s in evaluation}, "an evaluation image was also a selection image"
+        # by file name: the converter saw the photos through links in tmp/photos
+        chose_on = {Path(name).name for r in reports.values()
+                    for name in r["data"]["verification_files"] + r["data"]["calibration_files"]}
+        assert not chose_on & {Path(s.name).name for s in evaluation}, "a scored image was also converted on"
         kept, pixels, skipped = preprocess_samples(evaluation, [256], progress=False)
         if skipped:
             raise RuntimeError("; ".join(skipped))
