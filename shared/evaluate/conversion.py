@@ -10,6 +10,7 @@ from typing import Dict, List
 
 from ..data import load_samples
 from ..errors import CassavaError
+from ..formatting import count_text
 from ..spec import REPORT_FILE, TFLITE_FILE, model_kind
 
 STAMP_FILE = "compare-source.json"  # beside each converted copy: what it was converted from, and how
@@ -111,11 +112,10 @@ def conversion_notes(entries, eval_data: str) -> tuple:
             continue
         text = f"{entry.name}: {calibration.get('images')} images from {calibration.get('data')}"
         if verification:
+            agreement = count_text(verification.get("agree"), verification.get("images"),
+                                   verification.get("agreement_ci95"))
             text += (f"; the converter checked it on {verification.get('images')} other images from "
-                     f"{(report.get('data') or {}).get('verification')} ({verification.get('agree')}/"
-                     f"{verification.get('images')} top-1 agreement with the source"
-                     + (", 95% CI {:.1%}-{:.1%}".format(*verification["agreement_ci95"])
-                        if verification.get("agreement_ci95") else "") + ")")
+                     f"{(report.get('data') or {}).get('verification')} ({agreement} top-1 agreement with the source)")
         parts.append(text)
         if calibration.get("data") == eval_data:
             warnings.append(
