@@ -27,38 +27,35 @@ __all__ = ["MLServer", "free_port", "real_tflite", "standin_tflite", "tier_serve
            "REAL_CLASSES"]
 
 
+def _convert(*args) -> None:
+    """`cassava convert ARGS` in its own process (TensorFlow's memory and threads stay out of the benchmark's)."""
+    result = subprocess.run([sys.executable, "-m", "cassava", "convert", *map(str, args)], capture_output=True,
+                            text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"cassava convert failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
+
+
 def standin_tflite(quantize: str = "int8") -> Path:
     """The stand-in converted to TFLite (`cassava convert`), built once and cached in CASSAVA_CACHE/bench/."""
-    from cassava.shared.cache import STANDIN_VERSION, build_lock, cache_dir
+    from cassava.shared.cache import STANDIN_VERSION, built_once, cache_dir
 
     target = cache_dir() / "bench" / f"{STANDIN_VERSION}-{quantize}"  # a new stand-in gets a new copy
-    if (target / "model.tflite").is_file():
-        return target
-    with build_lock(f"bench-standin-{quantize}"):
-        if not (target / "model.tflite").is_file():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            command = [sys.executable, "-m", "cassava", "convert", "--model", "standin", "--out", str(target),
-                       "--quantize", quantize]
-            result = subprocess.run(command, capture_output=True, text=True)
-            if result.returncode != 0:
-                raise RuntimeError(f"cassava convert failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
-    return target
+    return built_once(target, f"bench-standin-{quantize}",
+                      lambda folder: _convert("--model", "standin", "--out", folder, "--quantize", quantize),
+                      f"converting the stand-in to {quantize} TFLite in {target} ...", lambda folder: f"{folder} ready")
 
 
 def real_tflite(quantize: str) -> Path:
     """The real model converted (calibrated on the stand-in's synthetic photos), cached in CASSAVA_CACHE/bench/."""
-    from cassava.shared.cache import build_lock, cache_dir
+    from cassava.shared.cache import built_once, cache_dir
 
     target = cache_dir() / "bench" / f"real-{quantize}"
-    with build_lock(f"bench-real-{quantize}"):
-        if not (target / "model.tflite").is_file():
-            command = [sys.executable, "-m", "cassava", "convert", "--model", str(REAL_MODEL), "--input-scale", "255",
-                       "--classes", REAL_CLASSES, "--quantize", quantize, "--calibration", "standin:train",
-                       "--verify-data", str(REAL_PHOTOS), "--out", str(target), "--quiet"]
-            result = subprocess.run(command, capture_output=True, text=True)
-            if result.returncode != 0:
-                raise RuntimeError(f"cassava convert failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
-    return target
+    return built_once(target, f"bench-real-{quantize}",
+                      lambda folder: _convert("--model", REAL_MODEL, "--input-scale", "255", "--classes", REAL_CLASSES,
+                                              "--quantize", quantize, "--calibration", "standin:train",
+                                              "--verify-data", REAL_PHOTOS, "--out", folder, "--quiet"),
+                      f"converting the real model to {quantize} TFLite in {target} ...",
+                      lambda folder: f"{folder} ready")
 
 
 def tier_server(tier: str, model: str, workdir: Optional[Path] = None, extra: Optional[dict] = None,

@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,12 +33,6 @@ ROUNDS = 2
 TARGET_DEFAULT_VS_FASTEST = 0.9
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def photos(count: int = IMAGES):
     """(samples, what they are): real photos cycled to `count`, else the stand-in's synthetic photos."""
     from cassava.shared.data import load_samples
@@ -55,42 +46,26 @@ def photos(count: int = IMAGES):
 
 
 class CloudServer:
-    """`cassava serve cloud --model standin` on free loopback ports, for the length of a `with` block."""
+    """`cassava serve cloud --model standin` on free loopback ports, for the length of a `with` block (started and
+    stopped by the project's one server helper, shared/server/process.py)."""
 
     def __enter__(self):
         from cassava.cloud.standin import ensure_standin
+        from cassava.shared.server.process import ServerProcess, free_port
 
         ensure_standin()
-        self.http, grpc, metrics = _free_port(), _free_port(), _free_port()
-        self.url, self.grpc_address = f"http://127.0.0.1:{self.http}", f"127.0.0.1:{grpc}"
-        self.run_dir = tempfile.mkdtemp(prefix="bench-client-")
-        self.process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "cassava"), "serve", "cloud", "--model", "standin",
-             "--http-port", str(self.http),
-             "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--run-dir", self.run_dir],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        import httpx
-
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"cassava serve cloud exited with {self.process.returncode}")
-            try:
-                if httpx.get(f"{self.url}/v2/models/cassava/ready", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        self.__exit__()
-        raise TimeoutError("the cloud server did not become ready in 300 s")
+        http, grpc, metrics = free_port(), free_port(), free_port()
+        self.url, self.grpc_address = f"http://127.0.0.1:{http}", f"127.0.0.1:{grpc}"
+        run_dir = Path(tempfile.mkdtemp(prefix="bench-client-"))
+        self.server = ServerProcess(
+            [Path(sys.executable).parent / "cassava", "serve", "cloud", "--model", "standin", "--http-port", http,
+             "--grpc-port", grpc, "--metrics-port", metrics, "--run-dir", run_dir / "run"],
+            f"{self.url}/v2/models/cassava/ready", run_dir / "serve.log", name="cassava serve cloud")
+        self.server.start(timeout=300)
+        return self
 
     def __exit__(self, *exc):
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
+        self.server.stop()
 
 
 def tutorial_way(url: str, samples) -> dict:

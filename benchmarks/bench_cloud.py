@@ -29,13 +29,14 @@ if str(HERE) not in sys.path:
 
 from _servers import REPO, tier_server  # noqa: E402
 
+from cassava.shared.protocol import DEFAULT_WIRE  # noqa: E402 (`cassava predict`'s default --wire, over REST)
+
 REAL_MODEL = REPO.parent / "shared" / "models" / "cassava-cnn-256" / "saved_model"
 REAL_PHOTOS = REPO.parent / "shared" / "data" / "cassava-real"
 REAL_CLASSES = ("cbb", "cbsd", "cgm", "cmd", "healthy")
 BATCH = 16
 CONCURRENCY = 2  # the client's default requests in flight
-WIRES = ("float32", "uint8", "compact", "photo")  # float32 = the tutorial's NumpyCodec `payload`
-DEFAULT_WIRE = "compact"  # `cassava predict`'s default --wire, over REST
+WIRES = ("float32", "uint8", "compact", "binary", "photo")  # float32 = the tutorial's NumpyCodec `payload`
 # Targets (issue 3): the default client format at most 150 KB per image, against the tutorial's ~2.9 MB of float
 # JSON; and MLServer keeping at least 80% of what the model does in-process (batching and decoding hide the rest).
 TARGET_KB_PER_IMAGE = 150.0
@@ -80,6 +81,7 @@ def build(wire: str, photos, spec, over_grpc: bool):
     from mlserver.grpc.converters import ModelInferRequestConverter
 
     from cassava.shared.preprocess import preprocess
+    from cassava.shared.protocol import binary
     from cassava.shared.protocol.v2 import build_request
 
     started = time.perf_counter()
@@ -89,22 +91,31 @@ def build(wire: str, photos, spec, over_grpc: bool):
         message = ModelInferRequestConverter.from_types(request, model_name="cassava")
         size = message.ByteSize()
         payload = message
+    elif binary.has_binary_inputs(request):  # the binary data extension: a JSON header, then the raw tensor
+        body, header_length = binary.encode_request(request)
+        payload = (body, {"content-type": "application/octet-stream", binary.HEADER_LENGTH: str(header_length)})
+        size = len(body)
     else:
-        payload = request.model_dump_json(exclude_none=True).encode()
-        size = len(payload)
+        body = request.model_dump_json(exclude_none=True).encode()
+        payload, size = (body, {"content-type": "application/json"}), len(body)
     return payload, size, time.perf_counter() - started
 
 
-def rest_sender(url: str, body: bytes):
+def rest_sender(url: str, payload):
+    """Sends one prepared body (JSON, or the binary extension's framing) and decodes the answer as the client does."""
     import httpx
     from mlserver.types import InferenceResponse
 
+    from cassava.shared.protocol import binary
+
+    body, headers = payload
     client = httpx.Client(timeout=600)
 
     def send():
-        response = client.post(f"{url}/v2/models/cassava/infer", content=body,
-                               headers={"content-type": "application/json"})
+        response = client.post(f"{url}/v2/models/cassava/infer", content=body, headers=headers)
         response.raise_for_status()
+        if binary.HEADER_LENGTH.lower() in {k.lower() for k in response.headers}:
+            return binary.decode_response(response.content, response.headers.get(binary.HEADER_LENGTH))
         return InferenceResponse.model_validate_json(response.content)
 
     return send
@@ -237,7 +248,8 @@ def table(result: dict) -> str:
     cropnet = result["cropnet_interface_kb_per_image"]
     lines.append(f"CropNet's own input (224 px, [0, 1]) as REST JSON: float32 {cropnet['float32']:,.0f} KB/img, "
                  f"compact {cropnet['compact']:,.1f} KB/img")
-    lines.append("KB/img: the request as sent (REST: JSON body; gRPC: protobuf message) ÷ 16; "
+    lines.append("KB/img: the request as sent (REST: JSON body, or for binary the extension's JSON header and raw "
+                 "tensor; gRPC: protobuf message) ÷ 16; "
                  "client ms/img: photo file to request bytes (decode, resize, encode)")
     return "\n".join(lines)
 

@@ -22,6 +22,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _servers import REAL_CLASSES, REAL_MODEL, REAL_PHOTOS, real_tflite, standin_tflite, tier_server  # noqa: E402
 
+from cassava.shared.formatting import size_text  # noqa: E402
+from cassava.shared.spec import TFLITE_FILE  # noqa: E402
+
 VARIANTS = ("int8", "dynamic", "none")  # "none" = float32 TFLite, the size baseline
 # Targets (from the edge design): int8 must at least halve the per-image time of the TF model on the same core,
 # be under a third of the float TFLite file (int8 weights are 1/4 of float32, plus graph overhead), and the
@@ -68,6 +71,7 @@ def latency_worker(config: dict) -> dict:
     from cassava.cloud.model import load_tf_classifier
     from cassava.edge.interpreter import load_tflite_classifier
     from cassava.shared.data import load_samples
+    from cassava.shared.evaluate.measure import times_in_turn
     from cassava.shared.labels import parse_class_list
     from cassava.shared.preprocess import preprocess, to_model_input
 
@@ -78,16 +82,8 @@ def latency_worker(config: dict) -> dict:
     spec = runners["TF SavedModel"].spec
     pixels = np.stack([preprocess(s.source, spec.input_size) for s in load_samples(config["data"], config["images"])])
     x = to_model_input(pixels, spec.input_scale)
-    times = {name: [] for name in runners}
-    for runner in runners.values():  # warm-up: graph tracing, interpreter arenas
-        for i in range(3):
-            runner.predict(x[i:i + 1])
-    for _ in range(config["rounds"]):
-        for i in range(len(x)):  # every variant on the same image back to back: a load spike hits them alike
-            for name, runner in runners.items():
-                started = time.perf_counter()
-                runner.predict(x[i:i + 1])
-                times[name].append(time.perf_counter() - started)
+    # every variant on the same image back to back: a load spike hits them alike
+    times = times_in_turn(runners, x, config["rounds"], warmup=3)
     result = {name: {"median_ms": float(np.median(t) * 1000), "p90_ms": float(np.percentile(t, 90) * 1000),
                      "min_ms": float(np.min(t) * 1000), "n": len(t)}
               for name, t in times.items()}
@@ -237,7 +233,7 @@ def edge_cold_starts(model: str, rounds: int = COLD_ROUNDS):
 
 
 def _kb(n: int) -> str:
-    return f"{n / 1024:.0f} KB" if n < 2 * 2**20 else f"{n / 2**20:.1f} MB"
+    return size_text(n, kb_digits=0, mb_digits=1, mb_from=2 << 20)
 
 
 def main() -> dict:
@@ -248,7 +244,7 @@ def main() -> dict:
         latency = measure_latency(name, model, rounds)
         variables = sum(p.stat().st_size for p in Path(model["tf"]).rglob("*")
                         if p.is_file() and "variables" in p.parts)
-        sizes = {v: (Path(model[v]) / "model.tflite").stat().st_size for v in VARIANTS}
+        sizes = {v: (Path(model[v]) / TFLITE_FILE).stat().st_size for v in VARIANTS}
         results["models"][name] = {"latency": latency, "sizes": {"tf_variables": variables, **sizes}}
         tf_ms = latency["TF SavedModel"]["median_ms"]
         suffix = "(stand-in model, synthetic data)" if name == "stand-in" else "(real model)"

@@ -17,7 +17,7 @@ from cassava.shared.errors import run_command
 COMMANDS = {
     "predict": ("cassava.shared.client.predict", "classify images in this process or through a cloud/edge server"),
     "serve": ("cassava.shared.server.serve", "serve the model over V2 REST + gRPC with MLServer (cloud or edge tier)"),
-    "convert": ("cassava.edge.convert",
+    "convert": ("cassava.edge.convert.command",
                 "convert a model to TFLite (int8/dynamic/float16), verified against the source"),
     "models": ("cassava.models", "a model store's versions: list them, roll back the serving one, restore"),
     "bundle": ("cassava.edge.bundle", "pack the edge server, its wheels and a converted model for an offline device"),

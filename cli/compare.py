@@ -1,7 +1,7 @@
 """`python -m cassava.compare ...` is `cassava compare ...` (the user's "accuracy comparison script")."""
 import sys
 
-from cassava.shared.evaluate.compare import main
+from cassava.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["compare", *sys.argv[1:]]))

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from cassava.shared.errors import CassavaError
-from cassava.shared.spec import STANDIN_NOTE
+from cassava.shared.spec import REPORT_FILE, STANDIN_NOTE, TFLITE_FILE
 
 
 def add_arguments(parser):
@@ -115,12 +115,12 @@ def run(args) -> int:
     edge_model = out / "edge-int8"
     _run_logged(_cassava("convert", "--model", "standin", "--out", edge_model, "--quantize", "int8", "--quiet"),
                 out / "logs" / "convert.log", "cassava convert")
-    print(f"int8 TFLite: {edge_model / 'model.tflite'} (conversion report: {edge_model / 'conversion-report.json'})")
+    print(f"int8 TFLite: {edge_model / TFLITE_FILE} (conversion report: {edge_model / REPORT_FILE})")
 
     _step("3/5 the servers")
     servers = [tier_server("cloud", "standin", choose_ports("cloud", args.port_offset), out),
                tier_server("edge", edge_model, choose_ports("edge", args.port_offset), out)]
-    summary = {"note": STANDIN_NOTE, "out": str(out), "edge_model": str(edge_model / "model.tflite")}
+    summary = {"note": STANDIN_NOTE, "out": str(out), "edge_model": str(edge_model / TFLITE_FILE)}
     previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         for server in servers:

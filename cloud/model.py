@@ -12,7 +12,15 @@ from cassava.shared.cache import cache_dir
 from cassava.shared.classifier import softmax
 from cassava.shared.errors import CassavaError
 from cassava.shared.native import import_tensorflow
-from cassava.shared.spec import ModelSpec, apply_overrides, base_spec, check_hub_handle, check_interface, is_hub_handle
+from cassava.shared.spec import (
+    SPEC_FILE,
+    ModelSpec,
+    apply_overrides,
+    base_spec,
+    check_hub_handle,
+    check_interface,
+    is_hub_handle,
+)
 
 log = logging.getLogger(__name__)
 
@@ -20,8 +28,9 @@ log = logging.getLogger(__name__)
 class TFClassifier:
     """A SavedModel signature (or a plain callable SavedModel) wrapped as a Classifier. TF calls are thread-safe."""
 
-    def __init__(self, fn, spec: ModelSpec, input_key: Optional[str], output_key: Optional[str]):
+    def __init__(self, fn, spec: ModelSpec, input_key: Optional[str], output_key: Optional[str], saved_model=None):
         self.spec = spec
+        self.saved_model = saved_model  # the loaded SavedModel: `cassava convert` builds its converters from it
         self._fn = fn
         self._input_key = input_key
         self._output_key = output_key
@@ -102,7 +111,7 @@ def load_tf_classifier(model: str, input_scale=None, classes=None) -> TFClassifi
         spec = spec.replace(input_size=int(input_shape[1]))
     spec = apply_overrides(spec, input_scale=input_scale, classes=classes)
     spec = spec.replace(input_key=input_key, output_key=output_key)
-    classifier = TFClassifier(fn, spec, input_key, output_key)
+    classifier = TFClassifier(fn, spec, input_key, output_key, loaded)
     if num_outputs is None:  # learn the output width with one blank image
         num_outputs = classifier.predict(np.zeros((1, spec.input_size, spec.input_size, 3), np.float32)).shape[-1]
     check_interface(spec, input_shape, int(num_outputs), f"model {model}")
@@ -120,5 +129,5 @@ def _explicit(path: Path) -> set:
     """Fields set in a cassava-model.json beside the model (those win over detection)."""
     import json
 
-    spec_file = path / "cassava-model.json"
+    spec_file = path / SPEC_FILE
     return set(json.loads(spec_file.read_text())) if spec_file.is_file() else set()

@@ -7,12 +7,11 @@ model that silently returns garbage.
 
 The model's first layer averages 4x4 pixels (224 -> 56 px). The "fast" recipe trains the layers after it on
 photos pooled once in numpy (exactly what that layer computes) with batch normalisation and a cosine learning
-rate, for 4 epochs; "v1", the recipe before it (40 epochs on 224-px arrays), stays for benchmarks/bench_standin.py.
+rate, for 4 epochs (benchmarks/bench_standin.py holds the recipe before it, to compare against).
 """
 from __future__ import annotations
 
 import logging
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cassava.shared.cache import build_lock, standin_dir, standin_model_dir
+from cassava.shared.cache import built_once, standin_dir, standin_model_dir
 from cassava.shared.data import folder_samples
 from cassava.shared.labels import CROPNET_CLASSES
 from cassava.shared.preprocess import preprocess, to_model_input
@@ -34,6 +33,7 @@ POOL = 4  # 224 -> 56 px first: the symptoms are coarse, and 2 cores must train 
 
 @dataclass(frozen=True)
 class Recipe:
+    name: str
     epochs: int
     learning_rate: float
     pooled: bool  # train the layers after the pooling on pre-pooled 56-px arrays (16x less input per step)
@@ -42,11 +42,7 @@ class Recipe:
     batch_size: int = 32
 
 
-RECIPES = {
-    "fast": Recipe(epochs=4, learning_rate=3e-3, pooled=True, batch_norm=True, cosine=True),
-    "v1": Recipe(epochs=40, learning_rate=3e-3, pooled=False, batch_norm=False, cosine=False),  # standin-v1
-}
-DEFAULT_RECIPE = "fast"
+FAST = Recipe("fast", epochs=4, learning_rate=3e-3, pooled=True, batch_norm=True, cosine=True)
 
 
 def load_split(split: str):
@@ -71,7 +67,7 @@ def pool_pixels(x: np.ndarray, factor: int = POOL) -> np.ndarray:
     return blocks.mean(axis=(-4, -2), dtype=np.float32)
 
 
-def build_model(recipe: Recipe = RECIPES[DEFAULT_RECIPE]):
+def build_model(recipe: Recipe = FAST):
     """(full, head): the 224-px model that is exported, and the same layers after the pooling, for pooled input."""
     import keras
     from keras import layers
@@ -117,11 +113,10 @@ def fit_with_progress(model, x, y, epochs: int, batch_size: int, description: st
         return model.fit(x, y, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0, callbacks=[Progress()])
 
 
-def train(out_dir: Path, recipe: str = DEFAULT_RECIPE) -> dict:
-    """Train with RECIPES[recipe] (deterministic), export the 224-px model to out_dir; returns the statistics."""
+def train(out_dir: Path, chosen: Recipe = FAST) -> dict:
+    """Train with `chosen` (deterministic), export the 224-px model to out_dir; returns the statistics."""
     from cassava.shared.native import import_tensorflow
 
-    chosen = RECIPES[recipe]
     tf = import_tensorflow()
     import keras
 
@@ -140,27 +135,19 @@ def train(out_dir: Path, recipe: str = DEFAULT_RECIPE) -> dict:
     x_val, y_val = load_pooled_split("validation") if chosen.pooled else load_split("validation")
     _, val_accuracy = model.evaluate(x_val, y_val, verbose=0)  # the head's weights are the exported model's
     full.export(str(out_dir), format="tf_saved_model", verbose=False)
-    return {"val_accuracy": float(val_accuracy), "train_seconds": round(time.time() - started, 1), "recipe": recipe,
-            "epochs": chosen.epochs}
+    return {"val_accuracy": float(val_accuracy), "train_seconds": round(time.time() - started, 1),
+            "recipe": chosen.name, "epochs": chosen.epochs}
 
 
 def ensure_standin() -> Path:
     """The stand-in SavedModel dir, trained on first use (well under a minute on 2 cores) and cached after."""
-    target = standin_model_dir()
-    if (target / "cassava-model.json").is_file():
-        return target
-    with build_lock("standin"):
-        if (target / "cassava-model.json").is_file():
-            return target
-        print(f"Building the offline stand-in model ({STANDIN_NOTE}) in {target} ...", flush=True)
-        build_standin(target)
-        stats = (target / "TRAINING.txt").read_text().strip()
-        print(f"Stand-in ready: {stats}", flush=True)
-    return target
+    return built_once(standin_model_dir(), "standin", build_standin,
+                      f"Building the offline stand-in model ({STANDIN_NOTE}) in {standin_model_dir()} ...",
+                      lambda folder: f"Stand-in ready: {(folder / 'TRAINING.txt').read_text().strip()}")
 
 
-def build_standin(target: Path, recipe: str = DEFAULT_RECIPE) -> dict:
-    """Draw the synthetic photos (once per cache), train, export and describe the stand-in at target."""
+def build_standin(target: Path, recipe: Recipe = FAST) -> dict:
+    """Draw the synthetic photos (once per cache), train, export and describe the stand-in in folder `target`."""
     from concurrent.futures import ThreadPoolExecutor
 
     from cassava.shared.native import import_tensorflow
@@ -169,18 +156,14 @@ def build_standin(target: Path, recipe: str = DEFAULT_RECIPE) -> dict:
         drawing = pool.submit(ensure_dataset, standin_dir() / "data")
         import_tensorflow()
         drawing.result()
-    staging = target.with_name(target.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    stats = train(staging, recipe)
+    stats = train(target, recipe)
     spec = ModelSpec(
         input_size=SIZE, input_scale=1.0, class_names=CROPNET_CLASSES,
         description="stand-in CNN with CropNet's interface", standin=True,
     )
-    spec.save(staging)
-    (staging / "TRAINING.txt").write_text(
+    spec.save(target)
+    (target / "TRAINING.txt").write_text(
         f"{STANDIN_NOTE}: synthetic-leaf validation accuracy {stats['val_accuracy']:.3f} (not cassava accuracy), "
         f"recipe {stats['recipe']} ({stats['epochs']} epochs), trained in {stats['train_seconds']} s\n"
     )
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
     return stats

@@ -20,10 +20,13 @@ from __future__ import annotations
 import csv
 import io
 import math
-import time
+import shutil
+from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
+
+from cassava.shared.formatting import count_text, size_text
 
 NO_ERROR = 1e-3  # RMSE/scale below this: the layer adds no quantization error of its own (pooling, reshape)
 DEBUG_IMAGES = 64  # calibration images run through the instrumented model for the layer statistics
@@ -92,6 +95,7 @@ class Search:
         self.graph = layer_graph(self.debugger.calibrated_model, tf.lite.Interpreter)
         self.trials: List[Dict] = []
         self._models: Dict[int, bytes] = {}
+        self._verifications: Dict[int, Dict] = {}
 
     def int8_with_float_layers(self, k: int) -> Dict:
         ranked = [r["layer"] for r in self.ranking[:k]]
@@ -114,8 +118,9 @@ class Search:
                  "top1_agreement": verification["top1_agreement"], "meets_target": self._meets(verification)}
         self.trials.append(trial)
         self._models[len(self.trials) - 1] = content
-        self.say(f"  {name}: {trial['agree']}/{trial['images']} = {trial['top1_agreement']:.1%} agree, "
-                 f"{len(content) / 1024:.0f} KB" + ("  meets the target" if trial["meets_target"] else ""))
+        self._verifications[len(self.trials) - 1] = verification
+        self.say(f"  {name}: {count_text(trial['agree'], trial['images'])} agree, {size_text(len(content))}"
+                 + ("  meets the target" if trial["meets_target"] else ""))
         return trial
 
     def _meets(self, verification: Dict) -> bool:
@@ -123,6 +128,9 @@ class Search:
 
     def content_of(self, trial: Dict) -> bytes:
         return self._models[self.trials.index(trial)]
+
+    def verification_of(self, trial: Dict) -> Dict:
+        return self._verifications[self.trials.index(trial)]
 
     def fewest_float_layers(self) -> Optional[Dict]:
         """Doubling then bisection over k; -> the passing int8 trial with the smallest k, or None."""
@@ -158,19 +166,49 @@ def choose(int8: Optional[Dict], dynamic: Optional[Dict], float16: Optional[Dict
     return max(trials, key=lambda t: (t["agree"], -t["bytes"]))  # target missed: the best there was
 
 
-def time_per_image(paths: Dict[str, str], spec, x: np.ndarray, rounds: int = 3) -> Dict[str, float]:
-    """Median ms per image at 1 thread, the models timed in turn on the same images (load on a shared machine
-    then hits all of them alike)."""
-    from cassava.edge.interpreter import TFLiteClassifier
+TIMED_IMAGES = 20
 
-    models = {name: TFLiteClassifier(path, spec, num_threads=1) for name, path in paths.items()}
-    times: Dict[str, list] = {name: [] for name in models}
-    for name, model in models.items():
-        model.predict(x[:1])  # warm-up: the first call allocates
-    for _ in range(rounds):
-        for image in x:
-            for name, model in models.items():
-                started = time.perf_counter()
-                model.predict(image[None])
-                times[name].append(time.perf_counter() - started)
-    return {name: round(float(np.median(t)) * 1000, 3) for name, t in times.items()}
+
+def search_target(tf, converter_for: Callable[[str], object], calibration_x: np.ndarray,
+                  evaluate: Callable[[bytes], Dict], target: float, scratch: Path, timed_x: np.ndarray, spec,
+                  say: Callable[[str], None]):
+    """--target-agreement: -> (model bytes, its quantize mode, the search's report, the chosen copy's verification).
+
+    `converter_for(mode)` builds a converter (float32 I/O) for a quantize mode; `evaluate(content)` verifies a
+    candidate on the held-out images; `timed_x` (model input) times the chosen copy against plain int8 and float32."""
+    from cassava.edge.interpreter import TFLiteClassifier
+    from cassava.shared.evaluate.measure import median_ms_in_turn
+
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    try:
+        search = Search(tf, converter_for("int8"), calibration_x, evaluate, target, say)
+        int8 = search.fewest_float_layers()
+        plain = search.trials[0]
+        plain_met = int8 is not None and not int8["float_layers"]
+        dynamic = None if plain_met else search.other("dynamic", converter_for("dynamic").convert())
+        float16 = None if int8 or plain_met or dynamic["meets_target"] else \
+            search.other("float16", converter_for("float16").convert())
+        chosen = choose(int8, dynamic, float16, search.trials)
+        content = search.content_of(chosen)
+        float32 = converter_for("none").convert()
+        timing = {"chosen": content, "int8": search.content_of(plain), "float32": float32}
+        models = {}
+        for name, model in timing.items():
+            (scratch / f"{name}.tflite").write_bytes(model)
+            models[name] = TFLiteClassifier(scratch / f"{name}.tflite", spec, num_threads=1)
+        ms = median_ms_in_turn(models, timed_x)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    report = {
+        "target": target, "met": chosen["meets_target"], "chosen": chosen["name"],
+        "quantize": chosen["quantize"], "kept_in_float32": chosen["float_layers"],
+        "layer_ranking": search.ranking, "trials": search.trials,
+        "ranking_note": (f"RMSE / scale per quantized layer from tf.lite.experimental.QuantizationDebugger on "
+                         f"{min(len(calibration_x), DEBUG_IMAGES)} calibration images; layers with none "
+                         "(pooling, reshape) left out"),
+        "cost": {"bytes": len(content), "int8_bytes": plain["bytes"], "float32_bytes": len(float32), "ms_per_image": ms,
+                 "latency_note": f"median per-image call at 1 thread over {len(timed_x)} held-out images x 3 rounds, "
+                                 "the three models timed in turn, on this machine (not the edge device)"},
+    }
+    return content, chosen["quantize"], report, search.verification_of(chosen)

@@ -4,7 +4,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
 from pathlib import Path
+from typing import Callable
+
+from .spec import SPEC_FILE
 
 STANDIN_VERSION = "standin-v2"  # bump when the stand-in's data or training changes (v2: the "fast" recipe, issue 15)
 
@@ -38,3 +42,24 @@ def build_lock(name: str):
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def built_once(target: Path, lock: str, build: Callable[[Path], object], announce: str,
+               ready: Callable[[Path], str]) -> Path:
+    """The model folder `target`, built by `build(folder)` on first use and cached after. Built under a lock
+    (tests, demo and servers may race) into a staging folder that is renamed into place, so a half-built model is
+    never seen; complete when it holds cassava-model.json. `announce` and `ready(target)` are printed around it."""
+    if (target / SPEC_FILE).is_file():
+        return target
+    with build_lock(lock):
+        if (target / SPEC_FILE).is_file():
+            return target
+        print(announce, flush=True)
+        staging = target.with_name(target.name + ".tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.parent.mkdir(parents=True, exist_ok=True)
+        build(staging)
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+        print(ready(target), flush=True)
+    return target

@@ -14,6 +14,7 @@ from .errors import CassavaError
 from .labels import CROPNET_CLASSES
 
 SPEC_FILE = "cassava-model.json"
+MODEL_NAME = "cassava"  # the name both tiers serve the model under (model-settings.json)
 CROPNET_HANDLE = "https://tfhub.dev/google/cropnet/classifier/cassava_disease_V1/2"
 STANDIN_NOTE = "stand-in model, synthetic data"
 
@@ -104,6 +105,7 @@ def read_spec_file(model_path) -> Optional[ModelSpec]:
 
 STANDIN = "standin"
 TFLITE_FILE = "model.tflite"  # inside a `cassava convert` folder
+REPORT_FILE = "conversion-report.json"  # beside it: how it was converted and verified
 
 
 def model_kind(model: str) -> str:
@@ -145,7 +147,7 @@ def base_spec(model: str) -> ModelSpec:
         return found
     path = Path(model)
     # `.../cassava-cnn-256/saved_model` says more as its last two parts than as `saved_model`
-    name = "/".join(path.parts[-2:]) if path.name in ("saved_model", "model.tflite") else path.name
+    name = "/".join(path.parts[-2:]) if path.name in ("saved_model", TFLITE_FILE) else path.name
     return ModelSpec(description=name or str(model))
 
 

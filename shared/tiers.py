@@ -50,7 +50,11 @@ class TierInfo:
         return f"http://{host}:{self.ports[0]}"
 
     def load_classifier(self, model: str, **options):
-        module_name, _, function = self.loader.partition(":")
+        return self.function(self.loader)(model, **options)
+
+    def function(self, target: str):
+        """"module:function" in this tier, imported now, or one line saying which extra installs it."""
+        module_name, _, function = target.partition(":")
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:
@@ -58,7 +62,7 @@ class TierInfo:
                 raise
             raise CassavaError(f"the {self.name} tier needs {exc.name}: "
                                f"pip install 'cassava-cloud-edge[{self.extra}]'") from None
-        return getattr(module, function)(model, **options)
+        return getattr(module, function)
 
 
 TIERS = {
@@ -70,3 +74,15 @@ TIERS = {
 def tier_for_model(model: str) -> TierInfo:
     """TFLite files run on the edge's interpreter; SavedModels, TF Hub handles and the stand-in on TensorFlow."""
     return TIERS["edge"] if model_kind(model) == "tflite" else TIERS["cloud"]
+
+
+# What shared/ code calls inside a tier, by name: the one door from shared/ up into the tiers.
+TOOLS = {
+    "convert": ("edge", "cassava.edge.convert.command:convert_argv"),  # `cassava convert ARGV` as a function
+    "resolve_model_path": ("cloud", "cassava.cloud.model:resolve_model_path"),  # MODEL -> its SavedModel folder
+}
+
+
+def tool(name: str):
+    tier, target = TOOLS[name]
+    return TIERS[tier].function(target)

@@ -1,5 +1,5 @@
 """CropNet's architecture through `cassava convert`: a MobileNetV3-Small (hard-swish, squeeze-excite) trained briefly
-on the stand-in's synthetic leaves (cloud/mobilenet.py, cached in CASSAVA_CACHE), converted to int8 and with
+on the stand-in's synthetic leaves (tests/models/mobilenet.py, cached in CASSAVA_CACHE), converted to int8 and with
 --target-agreement, each copy checked against TensorFlow here, not only in the converter's report."""
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="session")
 def mobilenet():
-    from cassava.cloud.mobilenet import ensure_mobilenet  # needs the stand-in's synthetic photos, not its model
+    from models.mobilenet import ensure_mobilenet  # needs the stand-in's synthetic photos, not its model
 
     return ensure_mobilenet()
 

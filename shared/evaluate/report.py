@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 from typing import Dict, Optional
 
+from ..formatting import count_text, percent, size_text
 from ..labels import display_name
 from ..spec import STANDIN_NOTE
 
@@ -73,20 +74,8 @@ def machine_line(info: Optional[Dict[str, str]] = None) -> str:
 # ---------------------------------------------------------------------------------------------- formatting
 
 
-def _pct(value, digits=1) -> str:
-    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value * 100:.{digits}f}%"
-
-
 def _num(value, fmt=".3f") -> str:
     return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
-
-
-def _size(num_bytes) -> str:
-    if num_bytes is None:
-        return "—"
-    if num_bytes >= 1 << 20:
-        return f"{num_bytes / (1 << 20):.2f} MB"
-    return f"{num_bytes / 1024:.0f} KB"
 
 
 def _ms(latency: Optional[Dict], key: str) -> str:
@@ -105,10 +94,7 @@ def _table(header, rows) -> str:
 
 
 def _agreement(agree: Dict) -> str:
-    text = f"{agree['same']}/{agree['n']} = {_pct(agree['fraction'])}"
-    if agree.get("ci95"):
-        text += f" ({_pct(agree['ci95'][0])}–{_pct(agree['ci95'][1])})"
-    return text
+    return count_text(agree["same"], agree["n"], agree.get("ci95"), markdown=True)
 
 
 def agreement_section(result: Dict) -> list:
@@ -167,8 +153,8 @@ def render_markdown(result: Dict, figures: Dict[str, str]) -> str:
         lat = m.get("latency_ms") or {}
         rows.append([
             f"**{m['name']}**", _agreement(agree) if agree else "— (reference)", _num(delta.get("mean_abs"), ".4f"),
-            m["format"], _size(m.get("size_bytes")),
-            f"{m['correct']}/{m['n']} = {_pct(m['accuracy'])} ({_pct(low)}–{_pct(high)})",
+            m["format"], size_text(m.get("size_bytes")),
+            count_text(m["correct"], m["n"], (low, high), markdown=True),
             _num(m["macro_f1"]),
             f"{_ms(lat.get('threads_1'), 'p50')} / {_ms(lat.get('threads_1'), 'p95')}",
             f"{_ms(lat.get('threads_all'), 'p50')} / {_ms(lat.get('threads_all'), 'p95')}",
@@ -191,7 +177,7 @@ def render_markdown(result: Dict, figures: Dict[str, str]) -> str:
         row = [f"{cls} ({display_name(cls)})", models[0]["per_class"][i]["support"]]
         for m in models:
             stats = m["per_class"][i]
-            row.append(f"{_pct(stats['precision'], 0)} / {_pct(stats['recall'], 0)}")
+            row.append(f"{percent(stats['precision'], 0)} / {percent(stats['recall'], 0)}")
         rows.append(row)
     lines += [_table(header, rows), ""]
     lines += ["Macro-F1 (mean F1 over classes present in the labels or predictions): " +
@@ -284,7 +270,7 @@ def plot_tradeoff(result: Dict, path) -> str:
             slowest = max(slowest, lat)
             area = 40 + 1200 * (m.get("size_bytes") or 0) / biggest
             left.scatter([lat], [m["accuracy"]], s=area, color=colour, alpha=0.45, edgecolors="black", zorder=2,
-                         label=f"{m['name']} ({_size(m.get('size_bytes'))})")
+                         label=f"{m['name']} ({size_text(m.get('size_bytes'))})")
             left.errorbar([lat], [m["accuracy"]], yerr=[[m["accuracy"] - low], [high - m["accuracy"]]], fmt="o",
                           color=colour, ecolor=colour, capsize=5, markersize=3, zorder=3)
         right.bar(i, (m.get("size_bytes") or 0) / scale, color=colour)

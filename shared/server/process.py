@@ -133,18 +133,24 @@ def mlserver_command(folder) -> list:
 
 
 class MLServerProcess(ServerProcess):
-    """`mlserver start` on a folder it writes (model-settings.json + settings.json) with free loopback ports, the
-    project's model repository and `settings` on top: a real server for tests and benchmarks."""
+    """`mlserver start` on a folder it writes (model-settings.json + settings.json): the tier's own settings.json
+    (the tier whose runtime `model_settings` names, unless `tier` says), free loopback ports, and `settings` on top:
+    a real server for tests and benchmarks."""
 
-    def __init__(self, workdir, model_settings: dict, settings: Optional[dict] = None, env: Optional[dict] = None):
+    def __init__(self, workdir, model_settings: dict, settings: Optional[dict] = None, env: Optional[dict] = None,
+                 tier: Optional[str] = None):
         import json
 
+        from ..tiers import TIERS
+
+        implementation = str(model_settings.get("implementation", ""))
+        tier = tier or next((name for name, info in TIERS.items() if implementation.startswith(info.package + ".")),
+                            "cloud")
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
-        base = {"host": "127.0.0.1", "http_port": self.http_port, "grpc_port": self.grpc_port,
-                "metrics_port": self.metrics_port, "parallel_workers": 0, "grpc_max_message_length": 67108864,
-                "model_repository_implementation": "cassava.shared.server.repository.CassavaModelRepository"}
+        base = {**TIERS[tier].settings(), "host": "127.0.0.1", "http_port": self.http_port,
+                "grpc_port": self.grpc_port, "metrics_port": self.metrics_port}
         base.update(settings or {})
         (self.workdir / "settings.json").write_text(json.dumps(base))
         (self.workdir / "model-settings.json").write_text(json.dumps(model_settings))

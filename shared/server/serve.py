@@ -17,9 +17,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ..arguments import add_model_spec_arguments
 from ..cache import STANDIN_VERSION
 from ..errors import CassavaError
-from ..labels import parse_class_list
 from ..native import native_stderr_silenced
 from ..spec import CROPNET_HANDLE, is_model_path, model_kind
 from ..tiers import TIERS
@@ -41,10 +41,7 @@ def add_arguments(parser):
     parser.add_argument("--metrics-port", type=int, help="Prometheus metrics port (cloud 8082, edge 9082)")
     parser.add_argument("--workers", type=int, help="MLServer parallel_workers: model copies in worker processes "
                                                      "(default from settings.json: 0 = in the server process)")
-    parser.add_argument("--input-scale", type=float, choices=(1.0, 255.0),
-                        help="model pixel range: 1 = [0,1], 255 = raw 0-255")
-    parser.add_argument("--classes", type=parse_class_list,
-                        help="class names in model output order, e.g. cbb,cbsd,cgm,cmd,healthy")
+    add_model_spec_arguments(parser)
     parser.add_argument("--escalate-to", metavar="URL",
                         help="edge: send the images the edge model is unsure of to the cloud tier at URL "
                              "(http://HOST:PORT or the Seldon ingress path) and answer with its result")
@@ -145,16 +142,11 @@ def check_model(tier: str, model: str, input_scale=None, classes=None, debug: bo
     from ..spec import ModelSpec
 
     if tier == "edge":
-        try:
-            from cassava.edge.interpreter import load_tflite_classifier
-        except ImportError as exc:
-            raise CassavaError(f"the edge tier is not installed ({exc}); "
-                               "pip install 'cassava-cloud-edge[edge]'") from None
         with native_stderr_silenced(not debug):  # LiteRT's "INFO: Created ... XNNPACK delegate" and the like
+            load = TIERS["edge"].load_classifier
             if is_store(model):
-                return StoreWatcher(model, lambda f: load_tflite_classifier(f, input_scale=input_scale,
-                                                                            classes=classes)).first()[1].spec
-            return load_tflite_classifier(model, input_scale=input_scale, classes=classes).spec
+                return StoreWatcher(model, lambda f: load(f, input_scale=input_scale, classes=classes)).first()[1].spec
+            return load(model, input_scale=input_scale, classes=classes).spec
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
@@ -170,13 +162,12 @@ def check_model(tier: str, model: str, input_scale=None, classes=None, debug: bo
 def _cloud_spec(model, input_scale, classes, quiet: bool) -> dict:
     if not quiet:  # --debug: this fresh process shows TensorFlow's native lines too (shared/native.py decides)
         logging.basicConfig(level=logging.DEBUG)
-    from cassava.cloud.model import load_tf_classifier
-
     try:
+        load = TIERS["cloud"].load_classifier
         if is_store(model):
-            return StoreWatcher(model, lambda f: load_tf_classifier(str(f), input_scale=input_scale,
-                                                                    classes=classes)).first()[1].spec.to_json()
-        return load_tf_classifier(model, input_scale=input_scale, classes=classes).spec.to_json()
+            return StoreWatcher(model, lambda f: load(str(f), input_scale=input_scale,
+                                                      classes=classes)).first()[1].spec.to_json()
+        return load(model, input_scale=input_scale, classes=classes).spec.to_json()
     except CassavaError:
         raise
     except Exception as exc:  # only a CassavaError is certain to cross the process boundary intact

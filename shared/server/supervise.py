@@ -19,9 +19,8 @@ import threading
 from pathlib import Path
 
 from ..errors import CassavaError, run_command
+from ..spec import MODEL_NAME
 from .process import LOAD_FAILURE_ENV, mlserver_command, stop, wait_ready
-
-MODEL_NAME = "cassava"
 
 
 def _local(host: str) -> str:

@@ -1,4 +1,5 @@
-"""A MobileNetV3 with CropNet's interface, trained briefly on the stand-in's synthetic leaves, for the conversion tests.
+"""A MobileNetV3 with CropNet's interface, trained briefly on the stand-in's synthetic leaves, for the conversion
+tests (tests/test_mobilenet.py; not part of the product).
 
 CropNet is a MobileNetV3. Its hard-swish activations and squeeze-excite blocks (global pooling, multiply) are where
 int8 conversions go wrong, and the stand-in's plain CNN has neither. This model has both: keras.applications'
@@ -8,12 +9,11 @@ stand-in. Its numbers are "stand-in model, synthetic data", never cassava accura
 """
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
 from cassava.cloud.standin import SIZE, load_split
-from cassava.shared.cache import build_lock, cache_dir, standin_dir
+from cassava.shared.cache import built_once, cache_dir, standin_dir
 from cassava.shared.labels import CROPNET_CLASSES
 from cassava.shared.spec import STANDIN_NOTE, ModelSpec
 from cassava.shared.synthetic import ensure_dataset
@@ -68,24 +68,16 @@ def train(out_dir: Path) -> dict:
 
 def ensure_mobilenet() -> Path:
     """The MobileNetV3 SavedModel dir, trained on first use and cached after (with cassava-model.json beside it)."""
-    target = model_dir()
-    if (target / "cassava-model.json").is_file():
-        return target
-    with build_lock(VERSION):
-        if (target / "cassava-model.json").is_file():
-            return target
-        print(f"Training a MobileNetV3-Small on synthetic leaves ({STANDIN_NOTE}) in {target} ...", flush=True)
-        ensure_dataset(standin_dir() / "data")
-        staging = target.with_name(target.name + ".tmp")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.parent.mkdir(parents=True, exist_ok=True)
-        stats = train(staging)
-        ModelSpec(input_size=SIZE, input_scale=1.0, class_names=CROPNET_CLASSES, standin=True,
-                  description="MobileNetV3-Small with CropNet's interface").save(staging)
-        (staging / "TRAINING.txt").write_text(
-            f"{STANDIN_NOTE}: synthetic-leaf validation accuracy {stats['val_accuracy']:.3f} "
-            f"(not cassava accuracy), {EPOCHS} epochs in {stats['train_seconds']} s\n")
-        staging.rename(target)
-        print(f"MobileNetV3 ready: synthetic validation accuracy {stats['val_accuracy']:.3f} ({STANDIN_NOTE})",
-              flush=True)
-    return target
+    return built_once(model_dir(), VERSION, build_mobilenet,
+                      f"Training a MobileNetV3-Small on synthetic leaves ({STANDIN_NOTE}) in {model_dir()} ...",
+                      lambda folder: f"MobileNetV3 ready: {(folder / 'TRAINING.txt').read_text().strip()}")
+
+
+def build_mobilenet(target: Path) -> None:
+    ensure_dataset(standin_dir() / "data")
+    stats = train(target)
+    ModelSpec(input_size=SIZE, input_scale=1.0, class_names=CROPNET_CLASSES, standin=True,
+              description="MobileNetV3-Small with CropNet's interface").save(target)
+    (target / "TRAINING.txt").write_text(
+        f"{STANDIN_NOTE}: synthetic-leaf validation accuracy {stats['val_accuracy']:.3f} "
+        f"(not cassava accuracy), {EPOCHS} epochs in {stats['train_seconds']} s\n")

@@ -1,0 +1,60 @@
+"""What `cassava predict` leaves behind: the summary line, the top-3 text, and the plot / JSON / CSV files."""
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Optional
+
+from ..labels import display_name, top_k
+
+RECORD_KEYS = ("file", "label", "prediction", "probability", "tier", "latency_ms")
+
+
+def tier_summary(records, default: str) -> str:
+    """`edge`, `cloud`, or for --auto how many each tier answered: `edge 40, cloud 24`."""
+    counts = Counter(r["tier"] for r in records if r.get("prediction"))
+    if len(counts) == 1:
+        return next(iter(counts))
+    return ", ".join(f"{tier} {n}" for tier, n in counts.most_common()) if counts else default
+
+
+def summarize(records, title: str, tier: str) -> str:
+    done = [r for r in records if r.get("prediction")]
+    failed = len(records) - len(done)
+    labelled = [r for r in done if r["label"] is not None]
+    text = f"{len(done)} image{'' if len(done) == 1 else 's'} classified"
+    if labelled:
+        right = sum(r["label"] == r["prediction"] for r in labelled)
+        text += f", {right}/{len(labelled)} right ({right / len(labelled):.1%})"
+    if failed:
+        text += f", {failed} failed (reported above)"
+    return f"{text}; model: {title}; tier: {tier}"
+
+
+def top_k_text(record: dict, k: int = 3) -> str:
+    """The classic Raspberry Pi classifier output: top guesses with display names, and the time it took."""
+    ranked = top_k(record["probabilities"].values(), record["probabilities"].keys(), k)
+    lines = [f"{record['file']}  ({record['latency_ms']:.1f} ms, {record['tier']})"]
+    lines += [f"  {i}. {display_name(name):<22} {name:<8} {p:6.1%}" for i, (name, p) in enumerate(ranked, 1)]
+    return "\n".join(lines)
+
+
+def write_outputs(records, thumbnails, title: str, tier: str, plot: Optional[Path], json_path: Optional[Path],
+                  csv_path: Optional[Path]):
+    public = [{k: r.get(k) for k in RECORD_KEYS} | ({"error": r["error"]} if r.get("error") else {}) for r in records]
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(public, indent=2) + "\n")
+    if csv_path:
+        csv_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(csv_path, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(RECORD_KEYS) + ["error"])
+            writer.writeheader()
+            writer.writerows(public)
+    if plot:
+        from .plotting import plot_predictions
+
+        plot.parent.mkdir(parents=True, exist_ok=True)
+        plot_predictions(thumbnails, records, f"{title} — tier: {tier}", plot)

@@ -1,0 +1,1 @@
+"""Models built for the tests only (not part of the product)."""
