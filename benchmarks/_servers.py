@@ -38,8 +38,10 @@ def _convert(*args) -> None:
 def standin_tflite(quantize: str = "int8") -> Path:
     """The stand-in converted to TFLite (`cassava convert`), built once and cached in CASSAVA_CACHE/bench/."""
     from cassava.shared.cache import STANDIN_VERSION, built_once, cache_dir
+    from cassava.shared.spec import CONVERTED_LAYOUT
 
-    target = cache_dir() / "bench" / f"{STANDIN_VERSION}-{quantize}"  # a new stand-in gets a new copy
+    # a new stand-in, or a new layout of converted folders, gets a new copy
+    target = cache_dir() / "bench" / f"{STANDIN_VERSION}-{quantize}-{CONVERTED_LAYOUT}"
     return built_once(target, f"bench-standin-{quantize}",
                       lambda folder: _convert("--model", "standin", "--out", folder, "--quantize", quantize),
                       f"converting the stand-in to {quantize} TFLite in {target} ...", lambda folder: f"{folder} ready")
@@ -48,8 +50,9 @@ def standin_tflite(quantize: str = "int8") -> Path:
 def real_tflite(quantize: str) -> Path:
     """The real model converted (calibrated on the stand-in's synthetic photos), cached in CASSAVA_CACHE/bench/."""
     from cassava.shared.cache import built_once, cache_dir
+    from cassava.shared.spec import CONVERTED_LAYOUT
 
-    target = cache_dir() / "bench" / f"real-{quantize}"
+    target = cache_dir() / "bench" / f"real-{quantize}-{CONVERTED_LAYOUT}"
     return built_once(target, f"bench-real-{quantize}",
                       lambda folder: _convert("--model", REAL_MODEL, "--input-scale", "255", "--classes", REAL_CLASSES,
                                               "--quantize", quantize, "--calibration", "standin:train",

@@ -106,6 +106,9 @@ def read_spec_file(model_path) -> Optional[ModelSpec]:
 STANDIN = "standin"
 TFLITE_FILE = "model.tflite"  # inside a `cassava convert` folder
 REPORT_FILE = "conversion-report.json"  # beside it: how it was converted and verified
+# What a converted folder holds changed (m1: cassava-manifest.json and the self-check, shared/manifest.py): caches of
+# converted copies carry it in their names, so a copy made by an older `cassava convert` is made anew.
+CONVERTED_LAYOUT = "m1"
 
 
 def model_kind(model: str) -> str:

@@ -1,7 +1,6 @@
 """In-process unit tests: no server processes, no containers (`make test-unit` runs this folder alone)."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -26,17 +25,13 @@ def standin_tflite(standin_model) -> Path:
     """An int8 `cassava convert` copy of the stand-in, converted in this process once and cached in CASSAVA_CACHE
     (beside the stand-in it was made from, so a new stand-in gets a new copy)."""
     from cassava.cli import main
-    from cassava.shared.cache import build_lock, standin_dir
+    from cassava.shared.cache import built_once, standin_dir
+    from cassava.shared.spec import CONVERTED_LAYOUT
 
-    target = standin_dir() / "unit-test-int8"
-    if (target / "model.tflite").is_file():
-        return target
-    with build_lock("unit-test-int8"):
-        if not (target / "model.tflite").is_file():
-            staging = target.with_name(target.name + ".tmp")
-            shutil.rmtree(staging, ignore_errors=True)
-            code = main(["convert", "--model", "standin", "--quantize", "int8", "--samples", "100",
-                         "--verify-samples", "60", "--quiet", "--out", str(staging)])
-            assert code == 0, "cassava convert of the stand-in failed (its error is above)"
-            staging.rename(target)
-    return target
+    def convert(folder: Path) -> None:
+        code = main(["convert", "--model", "standin", "--quantize", "int8", "--samples", "100",
+                     "--verify-samples", "60", "--quiet", "--out", str(folder)])
+        assert code == 0, "cassava convert of the stand-in failed (its error is above)"
+
+    return built_once(standin_dir() / f"unit-test-int8-{CONVERTED_LAYOUT}", "unit-test-int8", convert,
+                      "converting the stand-in to int8 for the unit tests ...", lambda folder: f"{folder} ready")
