@@ -19,6 +19,11 @@ def display_name(name: str) -> str:
     return DISPLAY_NAMES.get(name, name)
 
 
+def plain_name(name: str) -> str:
+    """The name a farmer reads, e.g. `cmd` -> "Cassava Mosaic Disease" (the phone page's; falls back to the id)."""
+    return f"Cassava {DISPLAY_NAMES[name]}" if name in TFDS_CLASSES[:4] else display_name(name)
+
+
 def parse_class_list(text: str) -> tuple:
     """`cbb,cbsd,...` -> ('cbb', 'cbsd', ...); empty items are an error."""
     names = tuple(part.strip() for part in text.split(","))

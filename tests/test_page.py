@@ -25,7 +25,7 @@ from helpers import BIN, REAL_MODEL, REAL_PHOTOS, converted, free_port, real_arg
 
 pytestmark = pytest.mark.slow
 
-NAMES = {"cbb": "Cassava Bacterial Blight", "cbsd": "Cassava Brown Streak Disease", "cgm": "Cassava Green Mottle",
+NAMES = {"cbb": "Cassava Bacterial Blight", "cbsd": "Cassava Brown Streak Disease", "cgm": "Cassava Green Mite",
          "cmd": "Cassava Mosaic Disease", "healthy": "Healthy", "unknown": "Unknown"}
 
 

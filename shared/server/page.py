@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import re
 from pathlib import Path
 
+from ..labels import DISPLAY_NAMES, plain_name
+
 PAGE_ENV = "CASSAVA_PAGE"
 PAGE_FILE = Path(__file__).parent / "static" / "index.html"
 OFF = ("0", "off", "false", "no")
+NAMES_BLOCK = '<script type="application/json" id="class-names">{}</script>'
 
 
 def enabled() -> bool:
@@ -45,12 +49,19 @@ def content_security_policy(html: str) -> str:
     ])
 
 
+def with_class_names(html: str) -> str:
+    """The page with the plain-language class names from shared/labels.py (one list for the CLI and the page).
+    A JSON data block is not script, so the CSP hashes (of the `<script>` blocks only) are unaffected."""
+    names = json.dumps({name: plain_name(name) for name in DISPLAY_NAMES}).replace("</", "<\\/")
+    return html.replace(NAMES_BLOCK, NAMES_BLOCK.replace("{}", names), 1)
+
+
 class PageLayer:
     """ASGI middleware: answers `GET /` with the page; everything else passes through."""
 
     def __init__(self, app, page: Path = PAGE_FILE):
         self.app = app
-        html = page.read_text(encoding="utf-8")
+        html = with_class_names(page.read_text(encoding="utf-8"))
         self.body = html.encode("utf-8")
         self.headers = [
             (b"content-type", b"text/html; charset=utf-8"),
