@@ -170,14 +170,26 @@ def _oip_answer(send, scope):
         if message.get("more_body"):
             return
         status, body = start["status"], b"".join(chunks)
-        content = _oip_body(status, body, health)
+        content = _oip_body(status, _plain(body, start), health)
         if content is None:
             await send(start)
             return await send({"type": "http.response.body", "body": body})
-        kept = [(k, v) for k, v in start.get("headers", []) if k.lower() not in (b"content-length", b"content-type")]
+        replaced = (b"content-length", b"content-type", b"content-encoding")
+        kept = [(k, v) for k, v in start.get("headers", []) if k.lower() not in replaced]
         await _answer(send, 400 if status == 422 else status, content, kept, head=scope.get("method") == "HEAD")
 
     return send_oip
+
+
+def _plain(body: bytes, start) -> bytes:
+    """The body as written before MLServer's GZipMiddleware compressed it (it does so above 500 bytes)."""
+    encoding = dict((k.lower(), v) for k, v in start.get("headers", [])).get(b"content-encoding", b"")
+    if encoding.strip().lower() not in (b"gzip", b"deflate"):
+        return body
+    try:
+        return zlib.decompress(body, wbits=32 + zlib.MAX_WBITS)
+    except zlib.error:
+        return body
 
 
 def _oip_body(status: int, body: bytes, health):
