@@ -23,11 +23,11 @@ import subprocess
 
 import pytest
 import yaml
-from test_oip import _infer, _photos, photos, servers  # noqa: F401 (fixtures)
-from test_oip import _served_version as served_version
 
 from helpers import BIN, SHARED, require_shared
 from test_edge import conversions, no_tensorflow, standin_int8  # noqa: F401 (fixtures servers needs)
+from test_oip import _infer, _photos, photos, servers  # noqa: F401 (fixtures)
+from test_oip import _served_version as served_version
 
 pytestmark = [pytest.mark.slow]
 SPEC = SHARED / "protocol" / "open-inference" / "open_inference_rest.yaml"
