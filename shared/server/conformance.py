@@ -8,6 +8,7 @@
   extensions      `GET /v2` lists the binary data extension (rest.py serves it); MLServer lists none.
   gRPC ops        `grpc.health.v1.Health/Check` (Kubernetes' gRPC probes, grpc_health_probe) and server reflection
                   (grpcurl) on the gRPC port, beside MLServer's inference and model repository services.
+                  Health/Watch (streaming) stays UNIMPLEMENTED: probes call Check.
   gRPC logs       a client's mistake (an MLServerError below 500: bad input, unknown model, too large) is one INFO
                   line, not an ERROR with a traceback; server faults stay ERROR with their traceback.
 

@@ -194,8 +194,10 @@ def _plain(body: bytes, start) -> bytes:
 
 def _oip_body(status: int, body: bytes, health):
     """-> the OIP body for an answer, or None when MLServer's is already right."""
-    if status < 400 and health and not body.strip():
+    if health and not body.strip():
         live, model = health.groups()
+        if status >= 400:  # MLServer's "not ready" is an empty 400
+            return {"error": f"model {unquote(model)} is not ready" if model else f"server is not {live}"}
         ok = 200 <= status < 300
         if model:
             return {"name": unquote(model), "ready": ok}

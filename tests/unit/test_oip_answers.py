@@ -34,7 +34,7 @@ def _app():
 
     @app.get("/v2/models/{name}/ready")
     async def ready(name: str):
-        return Response(status_code=200)
+        return Response(status_code=400 if name == "loading" else 200)  # MLServer's "not ready"
 
     @app.get("/v2/models/{name}/versions/{version}/ready")
     async def version_ready(name: str, version: str):
@@ -80,6 +80,8 @@ def test_health_answers_get_oip_bodies():
     assert _call("GET", "/v2/health/live").json() == {"live": True}
     assert _call("GET", "/v2/models/my%20model/ready").json() == {"name": "my model", "ready": True}
     assert _call("GET", "/v2/models/m/versions/3/ready").json() == {"name": "m", "ready": True}
+    not_ready = _call("GET", "/v2/models/loading/ready")
+    assert (not_ready.status_code, not_ready.json()) == (400, {"error": "model loading is not ready"})
 
 
 def test_a_good_answer_passes_untouched():
