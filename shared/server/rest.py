@@ -55,7 +55,8 @@ def _is_infer(scope) -> bool:
 
 
 class RestLayer:
-    """ASGI middleware: the body limit on every request; the binary data extension on infer requests."""
+    """ASGI middleware: OIP's answer shapes and the body limit on every request; the binary data extension on infer
+    requests."""
 
     def __init__(self, app, max_bytes: int):
         self.app = app
@@ -64,7 +65,7 @@ class RestLayer:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        send = _oip_answer(send, scope)
+        send = _oip_answer(send, scope)  # error objects and health bodies, whoever answers below
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
         try:
