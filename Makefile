@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export CASSAVA_CACHE ?= $(HOME)/.cache/cassava
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install demo test test-unit lint compare bench images clean system-deps
+.PHONY: help install demo test test-unit lint compare bench images clean system-deps kserve-client
 
 help:
 	@echo "make demo     offline demo: stand-in model, cloud + edge servers, plots and report in out/demo"
@@ -46,7 +46,16 @@ demo: install
 lint: install
 	$(BIN)/ruff check .
 
-test: install system-deps lint
+# KServe's Python clients for tests/test_oip_clients.py, beside the venv and not in it (a plain `pip install kserve`
+# upgrades FastAPI and Starlette under MLServer): kserve and the modules its import needs, without their dependencies
+# (~140 MB, 126 of them the kubernetes client). Kept in the cache, so a fresh clone reuses it.
+export KSERVE_CLIENT ?= $(CASSAVA_CACHE)/kserve-client-0.21.0
+KSERVE_PACKAGES := kserve==0.21.0 'cloudevents<2' grpc-interceptor timing-asgi tabulate watchfiles kubernetes \
+  oauthlib requests-oauthlib durationpy websocket-client deprecation
+kserve-client: install
+	@[ -d $(KSERVE_CLIENT)/kserve ] || $(BIN)/pip install -q --no-deps --target $(KSERVE_CLIENT) $(KSERVE_PACKAGES)
+
+test: install system-deps lint kserve-client
 	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
 
 # In this process only: runtimes loaded as MLServer loads them, the commands' pure decisions, the protocol layers.

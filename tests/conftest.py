@@ -16,6 +16,7 @@ from helpers import (
     REAL_MODEL,
     REAL_PHOTOS,
     MLServer,
+    Served,
     converted,
     require_shared,
     shipped_cloud,
@@ -102,3 +103,38 @@ def pytest_sessionfinish(session, exitstatus):
     path = os.environ.get("CASSAVA_SKIPS_FILE")
     if path:
         Path(path).write_text(json.dumps(_SKIPPED, indent=1) + "\n")
+
+
+@pytest.fixture(scope="session")
+def standin_servers(tmp_path_factory, standin_model, standin_int8, no_tensorflow):
+    """Both tiers at once: the cloud on the stand-in, the edge on its int8 copy (`cassava convert --model standin
+    --quantize int8`) with TensorFlow unimportable."""
+    workdir = tmp_path_factory.mktemp("oip")
+    started = {"cloud": Served(workdir, "cloud", "standin").launch(),
+               "edge": Served(workdir, "edge", standin_int8, env=no_tensorflow).launch()}
+    try:
+        for server in started.values():
+            server.wait_ready(timeout=300)
+        yield started
+    finally:
+        for server in started.values():
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def photo_files():
+    """The 27 real photos' files (the servers decode them), or two synthetic ones where ../shared is absent."""
+    if REAL_PHOTOS.exists():
+        from cassava.shared.data import load_samples
+
+        return [Path(s.source).read_bytes() for s in load_samples(str(REAL_PHOTOS))]
+    import io
+
+    from PIL import Image
+
+    files = []
+    for color in ((40, 120, 30), (200, 180, 60)):
+        buffer = io.BytesIO()
+        Image.new("RGB", (300, 200), color).save(buffer, format="JPEG")
+        files.append(buffer.getvalue())
+    return files

@@ -1,6 +1,7 @@
 """Test helpers: free loopback ports and real MLServer processes started and stopped within bounded time."""
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -8,9 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import numpy as np
 
-from cassava.shared.server.process import MLServerProcess, free_port, stop
+from cassava.shared.server.process import MLServerProcess, ServerProcess, free_port, stop
 from cassava.shared.server.process import wait_ready as process_wait_ready
 
 REPO = Path(__file__).resolve().parents[1]
@@ -182,3 +184,46 @@ class Nginx:
 
     def stop(self):
         stop_process_group(self.process)
+
+
+class Served(ServerProcess):
+    """`cassava serve TIER --model MODEL` on free loopback ports, in its own process group."""
+
+    def __init__(self, workdir: Path, tier: str, model, env=None):
+        self.tier = tier
+        self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
+        command = [BIN / "cassava", "serve", tier, "--model", model, "--http-port", self.http_port,
+                   "--grpc-port", self.grpc_port, "--metrics-port", self.metrics_port]
+        super().__init__(command, f"{self.url}/v2/models/cassava/ready", workdir / f"{tier}.log",
+                         env={**os.environ, **(env or {})}, name=f"cassava serve {tier}")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_address(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def metrics(self) -> str:
+        return httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).text
+
+
+def photos_tensor(files, content_type="base64"):
+    """A V2 `photos` input (base64 over JSON) holding the encoded `files`."""
+    tensor = {"name": "photos", "datatype": "BYTES", "shape": [len(files)],
+              "data": [base64.b64encode(f).decode() for f in files]}
+    if content_type:
+        tensor["parameters"] = {"content_type": content_type}
+    return tensor
+
+
+def infer_json(server, body, **kwargs) -> httpx.Response:
+    """POST `body` (a dict as JSON, or bytes as they are) to `server`'s /v2/models/cassava/infer."""
+    return httpx.post(f"{server.url}/v2/models/cassava/infer", timeout=120, **kwargs,
+                      **({"json": body} if not isinstance(body, bytes) else {"content": body}))
+
+
+def served_version(server) -> str:
+    """The model version the server's metadata names (the one its answers carry)."""
+    return httpx.get(f"{server.url}/v2/models/cassava", timeout=10).json()["versions"][0]

@@ -281,8 +281,7 @@ def _bad_requests():
                                    "data": [base64.b64encode(b"x").decode()] * 65,
                                    "parameters": {"content_type": "base64"}}]},
          413, "above the limit of 64"),
-        ("not V2 at all", {"instances": [[1, 2, 3]]}, 422,
-         '"loc":["body","inputs"],"msg":"Field required"'),  # MLServer's own validation: inputs is missing
+        ("not V2 at all", {"instances": [[1, 2, 3]]}, 400, "inputs: Field required"),
     ]
 
 

@@ -6,7 +6,8 @@ Requests carry images in one of three input kinds, all on `/v2/models/<name>/inf
   photos   BYTES [N]           encoded JPEG/PNG/WebP of any size, base64 over REST, raw bytes over gRPC
 Over REST any input may also come in the binary data extension (binary.py; the server's REST layer hands it on as
 base64, which decode_input reads).
-Responses: outputs[0] `class_ids` INT64 [N], `probabilities` FP32 [N, C], `labels` BYTES [N].
+Responses: outputs[0] `class_ids` INT64 [N], `probabilities` FP32 [N, C], `labels` BYTES [N]; a request naming
+`outputs` gets only those (requested_outputs).
 """
 from __future__ import annotations
 
@@ -201,17 +202,33 @@ def request_to_model_input(request: InferenceRequest, spec: ModelSpec,
     return decode_input(check_request(request, spec, max_images), spec)
 
 
+OUTPUTS = (CLASS_IDS, PROBABILITIES, LABELS)
+
+
+def requested_outputs(request: InferenceRequest) -> Sequence[str]:
+    """The output names a request asks for, in its order (all three when it names none). OIP: a server returns only
+    the requested outputs; an unknown name is the client's mistake (400), not silently dropped."""
+    names = [o.name for o in request.outputs or []]
+    unknown = [name for name in names if name not in OUTPUTS]
+    if unknown:
+        raise BadRequest(f"unknown output {unknown[0]!r}: this model has outputs {', '.join(OUTPUTS)}")
+    return list(dict.fromkeys(names)) or list(OUTPUTS)
+
+
 def build_response(model_name: str, model_version: Optional[str], probabilities: np.ndarray, spec: ModelSpec,
-                   request_id: Optional[str] = None) -> InferenceResponse:
+                   request_id: Optional[str] = None, outputs: Sequence[str] = OUTPUTS) -> InferenceResponse:
+    """`outputs`: the names to answer with, in that order (requested_outputs)."""
     probabilities = np.asarray(probabilities, dtype=np.float32)
     class_ids = probabilities.argmax(axis=1).astype(np.int64)
-    labels = StringCodec.encode_output(LABELS, [spec.class_names[i] for i in class_ids])
-    labels.shape = [len(class_ids)]
-    ids = NumpyCodec.encode_output(CLASS_IDS, class_ids)
-    ids.shape = [len(class_ids)]  # NumpyCodec adds a trailing dim to 1-D arrays; the spec'd shape is [N]
-    outputs: List[ResponseOutput] = [
-        ids,
-        NumpyCodec.encode_output(PROBABILITIES, probabilities),
-        labels,
-    ]
-    return InferenceResponse(model_name=model_name, model_version=model_version, id=request_id, outputs=outputs)
+    encoded = {}
+    if CLASS_IDS in outputs:
+        encoded[CLASS_IDS] = NumpyCodec.encode_output(CLASS_IDS, class_ids)
+        encoded[CLASS_IDS].shape = [len(class_ids)]  # NumpyCodec adds a trailing dim to 1-D arrays; spec'd: [N]
+    if PROBABILITIES in outputs:
+        encoded[PROBABILITIES] = NumpyCodec.encode_output(PROBABILITIES, probabilities)
+    if LABELS in outputs:
+        encoded[LABELS] = StringCodec.encode_output(LABELS, [spec.class_names[i] for i in class_ids])
+        encoded[LABELS].shape = [len(class_ids)]
+    response_outputs: List[ResponseOutput] = [encoded[name] for name in outputs]
+    return InferenceResponse(model_name=model_name, model_version=model_version, id=request_id,
+                             outputs=response_outputs)

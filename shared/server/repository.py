@@ -6,7 +6,7 @@ model-settings.json naming its own code; this repository refuses any implementat
 directory can only ever be data (a SavedModel or a .tflite), never code.
 
 It is also the one hook MLServer runs before it builds its REST app (settings.json is read first), so importing
-this module is where the REST request-body limit is installed (see rest.py).
+this module is where the REST layer (rest.py) and the other MLServer patches (conformance.py) are installed.
 """
 from __future__ import annotations
 
@@ -16,11 +16,12 @@ from mlserver.logging import logger
 from mlserver.repository.repository import SchemalessModelRepository
 from mlserver.settings import ModelSettings
 
-from . import rest
+from . import conformance, rest
 
 TRUSTED_RUNTIMES = "cassava."
 
 rest.install()
+conformance.install()
 
 
 class CassavaModelRepository(SchemalessModelRepository):

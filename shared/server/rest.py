@@ -7,6 +7,11 @@
                   `tritonclient.http` uses by default: a framed request (`Inference-Header-Content-Length`) becomes
                   the JSON request MLServer routes as usual (protocol/binary.py: binary inputs as base64), and the
                   JSON answer goes back framed when the request asks for binary outputs. Malformed framing: 400.
+  OIP answers     what MLServer answers outside the Open Inference Protocol is put in its shape (`_oip_answer`):
+                  a failed request's body is OIP's error object `{"error": "<message>"}` (MLServer's own request
+                  validation says `{"detail": ...}`; its 422 becomes OIP's 400, a 404/405 keeps its code), and the
+                  health answers carry OIP's bodies (`{"live": true}`, `{"ready": true}`, model ready
+                  `{"name": ..., "ready": true}`) where MLServer sends none (KServe's REST client reads them).
 
 Translating in front of MLServer, rather than answering binary requests here, keeps MLServer's routing, model
 lookup, error answers, metrics and tracing the same for every request.
@@ -21,7 +26,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import zlib
+from urllib.parse import unquote
 
 import orjson  # MLServer's own JSON library
 
@@ -49,7 +56,8 @@ def _is_infer(scope) -> bool:
 
 
 class RestLayer:
-    """ASGI middleware: the body limit on every request; the binary data extension on infer requests."""
+    """ASGI middleware: OIP's answer shapes and the body limit on every request; the binary data extension on infer
+    requests."""
 
     def __init__(self, app, max_bytes: int):
         self.app = app
@@ -58,6 +66,7 @@ class RestLayer:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        send = _oip_answer(send, scope)  # error objects and health bodies, whoever answers below
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
         try:
@@ -140,6 +149,86 @@ class RestLayer:
                              f"(send fewer images per request, or a compact wire format)")
 
 
+_HEALTH = re.compile(r"^/v2/(?:health/(live|ready)|models/([^/]+)(?:/versions/[^/]+)?/ready)/?$")
+
+
+def _oip_answer(send, scope):
+    """A `send` that gives MLServer's answers OIP's bodies: `{"error": ...}` on a failed request whose body lacks it
+    (422 from request validation -> 400), JSON on an empty health answer. Other answers pass through untouched."""
+    health = _HEALTH.match(scope.get("path", "")) if scope.get("method") in ("GET", "HEAD") else None
+    start = None
+    chunks = []
+
+    async def send_oip(message):
+        nonlocal start
+        if message["type"] == "http.response.start":
+            if message["status"] >= 400 or health:
+                start = message  # held back until the body is known
+                return
+            return await send(message)
+        if start is None or message["type"] != "http.response.body":
+            return await send(message)
+        chunks.append(message.get("body", b""))
+        if message.get("more_body"):
+            return
+        status, body = start["status"], b"".join(chunks)
+        content = _oip_body(status, _plain(body, start), health)
+        if content is None:
+            await send(start)
+            return await send({"type": "http.response.body", "body": body})
+        replaced = (b"content-length", b"content-type", b"content-encoding")
+        kept = [(k, v) for k, v in start.get("headers", []) if k.lower() not in replaced]
+        await _answer(send, 400 if status == 422 else status, content, kept, head=scope.get("method") == "HEAD")
+
+    return send_oip
+
+
+def _plain(body: bytes, start) -> bytes:
+    """The body as written before MLServer's GZipMiddleware compressed it (it does so above 500 bytes)."""
+    encoding = dict((k.lower(), v) for k, v in start.get("headers", [])).get(b"content-encoding", b"")
+    if encoding.strip().lower() not in (b"gzip", b"deflate"):
+        return body
+    try:
+        return zlib.decompress(body, wbits=32 + zlib.MAX_WBITS)
+    except zlib.error:
+        return body
+
+
+def _oip_body(status: int, body: bytes, health):
+    """-> the OIP body for an answer, or None when MLServer's is already right."""
+    if health and not body.strip():
+        live, model = health.groups()
+        if status >= 400:  # MLServer's "not ready" is an empty 400
+            return {"error": f"model {unquote(model)} is not ready" if model else f"server is not {live}"}
+        ok = 200 <= status < 300
+        if model:
+            return {"name": unquote(model), "ready": ok}
+        return {"live": ok} if live == "live" else {"ready": ok}
+    if status < 400:
+        return None
+    try:
+        content = orjson.loads(body) if body.strip() else {}
+    except ValueError:
+        content = body.decode(errors="replace").strip()
+    if isinstance(content, dict) and isinstance(content.get("error"), str):
+        return None
+    return {"error": _message(content.get("detail", content) if isinstance(content, dict) else content, status)}
+
+
+def _message(detail, status: int) -> str:
+    """One line from FastAPI's `detail`: a string, or pydantic's list of {loc, msg} for a request it could not parse."""
+    if isinstance(detail, list):
+        parts = []
+        for item in detail[:5]:
+            if isinstance(item, dict):
+                where = ".".join(str(part) for part in item.get("loc", ()) if part != "body")
+                parts.append(f"{where}: {item.get('msg')}" if where else str(item.get("msg")))
+            else:
+                parts.append(str(item))
+        return "invalid request: " + "; ".join(parts)
+    return str(detail) if detail not in ("", None, {}) else f"HTTP {status}"
+
+
 def _replay(body: bytes, receive):
     """A `receive` that gives the app `body` once, then whatever the client sends next (its disconnect)."""
     replayed = False
@@ -185,11 +274,11 @@ def _binary_answer(send, wanted):
     return send_framed
 
 
-async def _answer(send, status: int, content: dict):
+async def _answer(send, status: int, content: dict, headers=(), head: bool = False):
     body = json.dumps(content).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
+    await send({"type": "http.response.start", "status": status, "headers": [
+        *headers, (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": b"" if head else body})
 
 
 def install() -> None:

@@ -33,9 +33,10 @@ from ..protocol.v2 import (
     decode_input,
     metadata_inputs,
     metadata_outputs,
+    requested_outputs,
 )
 from ..spec import is_model_path
-from . import rest
+from . import conformance, rest
 from .batching import MicroBatcher
 from .process import LOAD_FAILURE_ENV
 from .store import WATCH_INTERVAL_S, StoreWatcher, is_store
@@ -104,6 +105,7 @@ class ImageClassifierRuntime(MLModel):
 
     async def _load(self) -> bool:
         rest.check_in_force()  # fail closed: no model, no server, if MLServer's REST app lacks the body limit
+        conformance.check_in_force()  # ... or its data plane and gRPC server lack the OIP patches
         extra = self._extra()
         uri = await self._model_uri()
         if is_store(uri):
@@ -140,6 +142,7 @@ class ImageClassifierRuntime(MLModel):
 
     def validate(self, payload: InferenceRequest):
         """-> the request's one image input, its envelope checked (BadRequest: 4xx with a message)."""
+        requested_outputs(payload)  # an unknown output name fails before any image is decoded
         return check_request(payload, self.classifier.spec, self.max_request_images)
 
     def decode(self, request_input) -> np.ndarray:
@@ -152,7 +155,8 @@ class ImageClassifierRuntime(MLModel):
 
     def encode(self, probabilities: np.ndarray, payload: InferenceRequest) -> InferenceResponse:
         spec = self.classifier.spec
-        response = build_response(self.name, self.serving_version, probabilities, spec, payload.id)
+        response = build_response(self.name, self.serving_version, probabilities, spec, payload.id,
+                                  outputs=requested_outputs(payload))
         for class_id in probabilities.argmax(axis=1):
             _metrics()["predictions"].labels(self.name, self.tier, spec.class_names[class_id]).inc()
         return response
@@ -166,6 +170,9 @@ class ImageClassifierRuntime(MLModel):
         metadata.parameters = Parameters(**current, description=spec.title, class_names=",".join(spec.class_names),
                                          input_scale=f"{spec.input_scale:g}", standin=str(spec.standin).lower(),
                                          tier=self.tier, **self._store_parameters())
+        version = self.serving_version
+        if version and version not in (metadata.versions or []):
+            metadata.versions = [*(metadata.versions or []), version]  # what answers carry as model_version
         return metadata
 
     async def unload(self) -> bool:

@@ -151,12 +151,26 @@ def check_model(tier: str, model: str, input_scale=None, classes=None, debug: bo
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        try:
-            return ModelSpec.from_json(pool.submit(_cloud_spec, model, input_scale, classes, not debug).result())
-        except BrokenProcessPool:
-            raise CassavaError(f"model {model}: the process loading it died (out of memory?)"
-                               + ("" if debug else "; --debug shows its output")) from None
+    try:
+        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            try:
+                return ModelSpec.from_json(pool.submit(_cloud_spec, model, input_scale, classes, not debug).result())
+            except BrokenProcessPool:
+                raise CassavaError(f"model {model}: the process loading it died (out of memory?)"
+                                   + ("" if debug else "; --debug shows its output")) from None
+    finally:
+        _stop_resource_tracker()
+
+
+def _stop_resource_tracker() -> None:
+    """A spawn pool starts multiprocessing's resource tracker, a child that exits once this process execs into the
+    supervisor (its pipe closes); nobody would then wait for it and it stayed `<defunct>` in the server's process
+    group for the server's whole life. Stopped and reaped here, before the exec."""
+    from multiprocessing import resource_tracker
+
+    stop = getattr(resource_tracker._resource_tracker, "_stop", None)  # private, Python >= 3.8; harmless if gone
+    if stop is not None:
+        stop()
 
 
 def _cloud_spec(model, input_scale, classes, quiet: bool) -> dict:
