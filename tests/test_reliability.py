@@ -93,7 +93,7 @@ BAD_REQUESTS = [
     ("batch above the limit", {"inputs": [_photos_input([_png()] * 65)]}, "cassava", 413, "limit of 64"),
     ("corrupt JPEG", {"inputs": [_photos_input([_truncated_jpeg()])]}, "cassava", 400, "corrupt"),
     ("non-image bytes", {"inputs": [_photos_input([b"%PDF-1.4 this is a document"])]}, "cassava", 400, "not an image"),
-    ("decompression bomb", {"inputs": [_photos_input([_png_bomb()])]}, "cassava", 400, "pixel"),
+    ("decompression bomb", {"inputs": [_photos_input([_png_bomb()])]}, "cassava", 413, "pixels per image"),
     ("body above the limit",
      {"inputs": [_tensor("payload", "FP32", [3, 224, 224, 3], [0.123456789] * (3 * 224 * 224 * 3))]},
      "cassava", 413, "above the limit"),

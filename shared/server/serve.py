@@ -17,6 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ..budget import DEFAULT_MAX_DECODING_PIXELS, DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_REQUEST_PIXELS, PixelLimits
 from ..cache import STANDIN_VERSION
 from ..errors import CassavaError
 from ..labels import parse_class_list
@@ -41,6 +42,18 @@ def add_arguments(parser):
                         help="model pixel range: 1 = [0,1], 255 = raw 0-255")
     parser.add_argument("--classes", type=parse_class_list,
                         help="class names in model output order, e.g. cbb,cbsd,cgm,cmd,healthy")
+    budget = parser.add_argument_group("decoding budget (defaults sized for a 1 GB Raspberry Pi; see shared/budget.py)")
+    budget.add_argument("--max-image-pixels", type=int, metavar="N",
+                        help=f"pixels one photo may declare (default {DEFAULT_MAX_IMAGE_PIXELS:,}: 8192x8192, above "
+                             "every 12-64 MP phone photo); larger ones get 413")
+    budget.add_argument("--max-request-pixels", type=int, metavar="N",
+                        help=f"pixels one request's photos may declare in all (default {DEFAULT_MAX_REQUEST_PIXELS:,})")
+    budget.add_argument("--max-decoding-pixels", type=int, metavar="N",
+                        help=f"pixels decoded at once across requests, ~4 bytes each (default "
+                             f"{DEFAULT_MAX_DECODING_PIXELS:,}, ~256 MB; 33554432 for a 512 MB Pi Zero 2)")
+    budget.add_argument("--exact-decode", action="store_true",
+                        help="decode large JPEG photos at full size (default: at 1/2-1/8 scale in the DCT domain when "
+                             "at least 4x the model's input on each side)")
     parser.add_argument("--run-dir", type=Path,
                         help="where the MLServer settings are written (default: a temporary dir)")
 
@@ -56,10 +69,12 @@ def run(args) -> int:
     ports = [p if p is not None else d for p, d in zip((args.http_port, args.grpc_port, args.metrics_port), defaults)]
     check_ports(args.host, ports)
     debug = bool(getattr(args, "debug", False))
+    decoding = decoding_settings(args)
     spec = check_model(tier, model, args.input_scale, args.classes, debug)
     run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix=f"cassava-{tier}-"))
     try:
-        run_dir = write_run_dir(run_dir, tier, model, args.host, ports, args.workers, args.input_scale, args.classes)
+        run_dir = write_run_dir(run_dir, tier, model, args.host, ports, args.workers, args.input_scale, args.classes,
+                                decoding)
     except BaseException:
         if not args.run_dir:
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -89,6 +104,17 @@ def exec_supervisor(run_dir: Path, tier: str, spec, debug: bool, remove: bool) -
 
 
 # ---------------------------------------------------------------- checks before MLServer starts
+
+
+def decoding_settings(args) -> dict:
+    """The budget flags given, as `parameters.extra` keys, checked together with the tier's shipped values."""
+    given = {key: getattr(args, key, None) for key in ("max_image_pixels", "max_request_pixels", "max_decoding_pixels")}
+    given = {key: value for key, value in given.items() if value is not None}
+    if getattr(args, "exact_decode", False):
+        given["jpeg_draft"] = False
+    shipped = TIERS[args.tier].model_settings().get("parameters", {}).get("extra", {})
+    PixelLimits.from_extra({**shipped, **given})  # a CassavaError (one line, exit 2) when they do not fit together
+    return given
 
 
 def check_ports(host: str, ports) -> None:
@@ -155,7 +181,7 @@ def _cloud_spec(model, input_scale, classes, quiet: bool) -> dict:
 
 
 def write_run_dir(run_dir, tier: str, model: str, host: str, ports, workers=None, input_scale=None,
-                  classes=None) -> Path:
+                  classes=None, decoding=None) -> Path:
     """Copy the tier's settings into `run_dir` with this run's model, address and overrides. Returns the run dir."""
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -173,6 +199,7 @@ def write_run_dir(run_dir, tier: str, model: str, host: str, ports, workers=None
         extra["input_scale"] = float(input_scale)
     if classes:
         extra["classes"] = ",".join(classes)
+    extra.update(decoding or {})  # budget flags (decoding_settings)
 
     http_port, grpc_port, metrics_port = ports
     settings.update(host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
