@@ -1,0 +1,297 @@
+"""The decoded-pixel budget (issue 26): a real edge MLServer (int8 stand-in, shipped settings) under requests whose
+photos declare far more pixels than they weigh, plus the JPEG draft path in process.
+
+  bomb request   64 PNGs of 7000x7000 pixels, one colour (160 KB each, 13.6 MB of base64 JSON): seconds to the 413
+                 and the server's peak RSS growth meanwhile
+  memory         RSS after 200 requests mixing such bombs (refused), single 7000x7000 PNGs (served), 12 MP phone JPEGs
+                 and normal photos, ÷ the RSS after normal traffic alone
+  barrage        p95 latency of a client sending normal photos while 4 clients send bombs, ÷ without them
+  draft          decoding + resizing a 12 MP JPEG to the model's input: draft (DCT-domain downscale) ÷ exact, and the
+                 real model's top-1 agreement between the two on the real photos (when ../shared is there)
+
+Normal photos are the 27 real photos of ../shared (800x600 JPEGs, sent as files: the `photo` wire), or stand-in
+photos without them. The 12 MP JPEGs are real photos upscaled 5x (Lanczos), which have less fine detail than a
+phone's own 12 MP: what they prove about draft agreement is limited, and said beside the number.
+
+    python benchmarks/bench_budget.py      (BENCH_SECONDS=10: seconds per barrage level; BENCH_AGREEMENT=0 skips
+                                            the real-model agreement, which loads TensorFlow)
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _servers import REAL_CLASSES, REAL_MODEL, REAL_PHOTOS, standin_tflite, tier_server  # noqa: E402
+
+# Targets, from the issue: the bomb request refused within a second (it is refused from headers, so the time is the
+# body's transfer and parsing); memory back within 10 % of steady after a burst; normal requests at most twice as
+# slow (p95) while 4 clients send bombs, with none failing; the draft path at most half the exact path's time for a
+# 12 MP JPEG (libjpeg's 1/4 scale skips most of the IDCT work), with the real model's answers unchanged.
+TARGET_BOMB_SECONDS = 1.0
+TARGET_RSS_AFTER = 1.1
+TARGET_P95_BARRAGE = 2.0
+TARGET_DRAFT_TIME = 0.5
+TARGET_AGREEMENT = 1.0
+MIXED_REQUESTS = 200
+
+
+def _png(width: int, height: int) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (70, 140, 60)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _body(photos) -> bytes:
+    return json.dumps({"inputs": [{"name": "photos", "datatype": "BYTES", "shape": [len(photos)],
+                                   "parameters": {"content_type": "base64"},
+                                   "data": [base64.b64encode(p).decode() for p in photos]}]}).encode()
+
+
+def normal_photos() -> list:
+    if REAL_PHOTOS.is_dir():
+        return [p.read_bytes() for p in sorted(REAL_PHOTOS.rglob("*.jpg"))]
+    from cassava.shared.data import load_samples
+
+    return [Path(s.source).read_bytes() for s in load_samples(["standin"], 16)]
+
+
+def phone_jpeg(photo: bytes, width: int = 4000, height: int = 3000) -> bytes:
+    """A 12 MP JPEG: a real photo upscaled (Lanczos), quality 90, as a phone saves."""
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(photo)).convert("RGB")
+    if image.width < image.height:
+        width, height = height, width
+    buffer = io.BytesIO()
+    image.resize((width, height), Image.LANCZOS).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def tree_rss_mb(pid: int) -> float:
+    from bench_images import process_tree
+
+    return process_tree(pid)[0]
+
+
+class PeakRss:
+    def __init__(self, pid: int):
+        self.pid, self.peak, self._stop = pid, 0.0, threading.Event()
+
+    def __enter__(self):
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, tree_rss_mb(self.pid))
+            time.sleep(0.05)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(5)
+
+
+def _post(http, url: str, body: bytes):
+    return http.post(url, content=body, headers={"content-type": "application/json"})
+
+
+def settle(pid: int, seconds: float = 3.0) -> float:
+    """RSS after `seconds` of quiet (MLServer's own periodic work settles)."""
+    time.sleep(seconds)
+    return tree_rss_mb(pid)
+
+
+def latencies(url: str, bodies, seconds: float, stop: threading.Event = None) -> tuple:
+    """One client posting normal photos back to back: (latencies in s, failures)."""
+    import httpx
+
+    out, failed = [], []
+    with httpx.Client(timeout=120) as http:
+        end, i = time.perf_counter() + seconds, 0
+        while time.perf_counter() < end:
+            started = time.perf_counter()
+            reply = _post(http, url, bodies[i % len(bodies)])
+            (out if reply.status_code == 200 else failed).append(time.perf_counter() - started)
+            i += 1
+    return out, failed
+
+
+def bomber(url: str, bodies, stop: threading.Event, counts: dict, lock: threading.Lock):
+    import httpx
+
+    with httpx.Client(timeout=300) as http:
+        i = 0
+        while not stop.is_set():
+            status = _post(http, url, bodies[i % len(bodies)]).status_code
+            with lock:
+                counts[status] = counts.get(status, 0) + 1
+            i += 1
+
+
+def serving(server, photos, phone) -> dict:
+    import httpx
+    import numpy as np
+
+    url = f"{server.url}/v2/models/{server.model_name}/infer"
+    pid = server.process.pid
+    seconds = float(os.environ.get("BENCH_SECONDS", "10"))
+    bomb = _png(7000, 7000)
+    normal = [_body([p]) for p in photos]
+    bomb64, bomb1, phone1 = _body([bomb] * 64), _body([bomb]), _body([phone])
+    with httpx.Client(timeout=300) as http:
+        for body in normal * 3:  # warm-up: steady state for normal traffic
+            assert _post(http, url, body).status_code == 200
+        steady = settle(pid)
+
+        # the 64-bomb request
+        with PeakRss(pid) as rss:
+            started = time.perf_counter()
+            reply = _post(http, url, bomb64)
+            bomb_seconds = time.perf_counter() - started
+        bomb_status, bomb_message = reply.status_code, reply.json().get("error", "")[:160]
+
+        # 200 mixed requests from 2 clients
+        cycle = ["n", "p", "b64", "n", "b1", "p", "n", "n", "b64", "n"]
+        kinds = {"n": normal, "p": [phone1], "b64": [bomb64], "b1": [bomb1]}
+        statuses, lock = {}, threading.Lock()
+
+        def mixed(offset: int):
+            with httpx.Client(timeout=300) as own:
+                for i in range(offset, MIXED_REQUESTS, 2):
+                    kind = cycle[i % len(cycle)]
+                    status = _post(own, url, kinds[kind][i % len(kinds[kind])]).status_code
+                    with lock:
+                        statuses[f"{kind} {status}"] = statuses.get(f"{kind} {status}", 0) + 1
+
+        with PeakRss(pid) as mixed_rss:
+            started = time.perf_counter()
+            threads = [threading.Thread(target=mixed, args=(k,)) for k in range(2)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(1800)
+            mixed_seconds = time.perf_counter() - started
+        after = settle(pid)
+
+    # normal latency without and with a bomb barrage (4 clients: the 64-bomb request and a single served bomb)
+    alone, alone_failed = latencies(url, normal, seconds)
+    stop, counts, lock = threading.Event(), {}, threading.Lock()
+    bombers = [threading.Thread(target=bomber, args=(url, [bomb64, bomb1] if k % 2 else [bomb1, bomb64], stop,
+                                                      counts, lock), daemon=True) for k in range(4)]
+    with PeakRss(pid) as barrage_rss:
+        for thread in bombers:
+            thread.start()
+        time.sleep(1.0)
+        during, during_failed = latencies(url, normal, seconds)
+        stop.set()
+        for thread in bombers:
+            thread.join(300)
+    p95 = (float(np.percentile(alone, 95)) * 1000, float(np.percentile(during, 95)) * 1000)
+    return {"steady_mb": steady, "bomb_seconds": bomb_seconds, "bomb_status": bomb_status,
+            "bomb_message": bomb_message, "bomb_peak_growth_mb": rss.peak - steady,
+            "mixed_statuses": statuses, "mixed_seconds": mixed_seconds, "mixed_peak_mb": mixed_rss.peak,
+            "after_mb": after, "p95_alone_ms": p95[0], "p95_barrage_ms": p95[1], "normal_alone": len(alone),
+            "normal_during": len(during), "failed_normal": len(alone_failed) + len(during_failed),
+            "barrage_statuses": counts, "barrage_peak_mb": barrage_rss.peak}
+
+
+def draft_timing(phones, size: int = 256, rounds: int = 3) -> dict:
+    import numpy as np
+
+    from cassava.shared.preprocess import preprocess
+
+    exact, draft = [], []
+    for _ in range(rounds):
+        for photo in phones:
+            started = time.perf_counter()
+            preprocess(photo, size)
+            exact.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            preprocess(photo, size, draft=True)
+            draft.append(time.perf_counter() - started)
+    return {"exact_ms": float(np.median(exact)) * 1000, "draft_ms": float(np.median(draft)) * 1000}
+
+
+def draft_agreement(photos) -> dict:
+    """The real model (256 px, raw 0-255, 5 classes) on each real photo upscaled to 12 MP: exact vs draft top-1."""
+    import numpy as np
+
+    from cassava.cloud.model import load_tf_classifier
+    from cassava.shared.preprocess import preprocess
+
+    classifier = load_tf_classifier(str(REAL_MODEL), input_scale=255.0, classes=REAL_CLASSES.split(","))
+    exact, draft = [], []
+    for photo in photos:
+        phone = phone_jpeg(photo)
+        exact.append(preprocess(phone, 256))
+        draft.append(preprocess(phone, 256, draft=True))
+    p_exact = classifier.predict(np.stack(exact).astype(np.float32))
+    p_draft = classifier.predict(np.stack(draft).astype(np.float32))
+    same = int((p_exact.argmax(1) == p_draft.argmax(1)).sum())
+    return {"photos": len(photos), "same_top1": same, "max_probability_change": float(np.abs(p_exact - p_draft).max())}
+
+
+def main() -> dict:
+    photos = normal_photos()
+    phones = [phone_jpeg(p) for p in photos[:4]]
+    model = standin_tflite("int8")
+    server = tier_server("edge", model)
+    with server:
+        result = serving(server, photos, phones[0])
+    timing = draft_timing(phones)
+    agreement = None
+    if os.environ.get("BENCH_AGREEMENT", "1") != "0" and REAL_MODEL.exists() and REAL_PHOTOS.is_dir():
+        agreement = draft_agreement(photos)
+    result.update(timing, agreement=agreement)
+
+    r = result
+    print(f"edge server, int8 stand-in, shipped settings (max_image_pixels 67,108,864, max_request_pixels "
+          f"268,435,456, max_decoding_pixels 67,108,864); normal = {len(photos)} photos sent as files")
+    print(f"  steady RSS after normal traffic          {r['steady_mb']:.0f} MB")
+    print(f"  64 x 7000x7000 PNG request               HTTP {r['bomb_status']} in {r['bomb_seconds']:.2f} s, "
+          f"peak RSS +{r['bomb_peak_growth_mb']:.0f} MB: {r['bomb_message']}")
+    print(f"  {MIXED_REQUESTS} mixed requests, 2 clients, {r['mixed_seconds']:.0f} s   {r['mixed_statuses']}; "
+          f"peak {r['mixed_peak_mb']:.0f} MB, after {r['after_mb']:.0f} MB")
+    print(f"  normal p95 alone / during 4-client barrage  {r['p95_alone_ms']:.0f} / {r['p95_barrage_ms']:.0f} ms "
+          f"({r['normal_alone']} / {r['normal_during']} requests, {r['failed_normal']} failed); bombs answered "
+          f"{r['barrage_statuses']}, peak RSS {r['barrage_peak_mb']:.0f} MB")
+    print(f"  12 MP JPEG -> 256 px, exact / draft      {r['exact_ms']:.0f} / {r['draft_ms']:.0f} ms (median)")
+    if agreement:
+        print(f"  real model, 12 MP upscaled real photos   draft top-1 = exact top-1 on {agreement['same_top1']}/"
+              f"{agreement['photos']}; largest probability change {agreement['max_probability_change']:.3f}")
+    ratios = [
+        {"name": "64 x 7000x7000 PNG request: seconds to the 413", "value": r["bomb_seconds"],
+         "target": TARGET_BOMB_SECONDS, "better": "lower", "unit": " s",
+         "note": f"HTTP {r['bomb_status']}, peak RSS +{r['bomb_peak_growth_mb']:.0f} MB",
+         "pass": r["bomb_status"] == 413 and r["bomb_seconds"] <= TARGET_BOMB_SECONDS},
+        {"name": f"edge RSS after {MIXED_REQUESTS} mixed requests ÷ steady", "value": r["after_mb"] / r["steady_mb"],
+         "target": TARGET_RSS_AFTER, "better": "lower", "unit": "×",
+         "note": f"{r['steady_mb']:.0f} → {r['after_mb']:.0f} MB, peak {r['mixed_peak_mb']:.0f} MB"},
+        {"name": "normal p95 during a 4-client bomb barrage ÷ without",
+         "value": r["p95_barrage_ms"] / r["p95_alone_ms"],
+         "target": TARGET_P95_BARRAGE, "better": "lower", "unit": "×",
+         "note": f"{r['p95_alone_ms']:.0f} → {r['p95_barrage_ms']:.0f} ms, {r['failed_normal']} failed",
+         "pass": r["p95_barrage_ms"] / r["p95_alone_ms"] <= TARGET_P95_BARRAGE and r["failed_normal"] == 0},
+        {"name": "12 MP JPEG decode + resize, draft ÷ exact", "value": r["draft_ms"] / r["exact_ms"],
+         "target": TARGET_DRAFT_TIME, "better": "lower", "unit": "×",
+         "note": f"{r['exact_ms']:.0f} → {r['draft_ms']:.0f} ms"},
+    ]
+    if agreement:
+        ratios.append({"name": "real model top-1, draft = exact, 12 MP upscaled real photos",
+                       "value": agreement["same_top1"] / agreement["photos"], "target": TARGET_AGREEMENT,
+                       "better": "higher", "note": f"{agreement['same_top1']}/{agreement['photos']}"})
+    return {**result, "ratios": ratios}
+
+
+if __name__ == "__main__":
+    main()
