@@ -62,14 +62,14 @@ def release_memory() -> None:
 class PhotoDecoder:
     """Decodes a checked request input into model input, photos within `limits` (draft: see preprocess)."""
 
-    def __init__(self, limits: PixelLimits = PixelLimits(), draft: bool = True):
+    def __init__(self, limits: PixelLimits = PixelLimits(), draft: bool = False):
         self.limits = limits
         self.draft = draft
         self.gate = PixelGate(limits.decoding)
 
     @classmethod
     def from_extra(cls, extra: dict) -> "PhotoDecoder":
-        draft = extra.get("jpeg_draft", True)
+        draft = extra.get("jpeg_draft", False)
         return cls(PixelLimits.from_extra(extra), draft if isinstance(draft, bool) else str(draft).lower() == "true")
 
     async def decode(self, request_input: RequestInput, spec: ModelSpec) -> np.ndarray:

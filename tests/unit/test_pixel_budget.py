@@ -128,16 +128,16 @@ def test_serve_flags_become_settings(tmp_path):
     from cassava.shared.server.serve import decoding_settings, write_run_dir
 
     args = argparse.Namespace(tier="edge", max_image_pixels=1000, max_request_pixels=None, max_decoding_pixels=2000,
-                              exact_decode=True)
+                              jpeg_draft=True)
     extra = decoding_settings(args)
-    assert extra == {"max_image_pixels": 1000, "max_decoding_pixels": 2000, "jpeg_draft": False}
+    assert extra == {"max_image_pixels": 1000, "max_decoding_pixels": 2000, "jpeg_draft": True}
     run_dir = write_run_dir(tmp_path / "run", "edge", str(tmp_path / "m.tflite"), "127.0.0.1", (1, 2, 3),
                             decoding=extra)
     import json
 
     written = json.loads((run_dir / "model-settings.json").read_text())["parameters"]["extra"]
-    assert written["max_image_pixels"] == 1000 and written["jpeg_draft"] is False
+    assert written["max_image_pixels"] == 1000 and written["jpeg_draft"] is True
     assert written["max_request_pixels"] == PixelLimits().request  # shipped
     with pytest.raises(CassavaError, match="must be at least max_image_pixels"):
         decoding_settings(argparse.Namespace(tier="edge", max_image_pixels=None, max_request_pixels=None,
-                                             max_decoding_pixels=10, exact_decode=False))
+                                             max_decoding_pixels=10, jpeg_draft=False))
