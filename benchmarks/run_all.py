@@ -37,6 +37,7 @@ MODULES = (
      "real model: plain int8 vs --target-agreement 0.99 on 150 held-out photos (agreement, size, latency)"),
     ("bench_images", "container image sizes, edge process tree RSS (native) and edge container memory (qemu)"),
     ("bench_standin", "the stand-in's first build (fresh process, empty cache): fast ÷ v1 recipe time, accuracy"),
+    ("bench_budget", "decoding budget: pixel-bomb requests, RSS after a burst, latency under bombs, 12 MP JPEG"),
 )
 
 
