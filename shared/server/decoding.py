@@ -15,6 +15,9 @@ import asyncio
 import ctypes
 import ctypes.util
 import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from mlserver.types import RequestInput
@@ -29,7 +32,8 @@ log = logging.getLogger("cassava.runtime")
 
 M_MMAP_THRESHOLD = -3  # mallopt's parameter numbers, from glibc's malloc.h
 MMAP_THRESHOLD_BYTES = 1 << 20
-TRIM_ABOVE_PIXELS = 1 << 22  # a decode this large (16 MB of Pillow buffers and up) is followed by malloc_trim
+LARGE_PIXELS = 1 << 22  # a decode this large (16 MB of Pillow buffers and up): low priority, then malloc_trim
+LARGE_NICENESS = 10
 
 _libc = None
 
@@ -52,6 +56,14 @@ def keep_large_blocks_in_mmap() -> bool:
     return bool(libc) and libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1
 
 
+def _lower_priority() -> None:
+    """Run this thread at a lower CPU priority (Linux: setpriority on a thread id affects that thread only)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LARGE_NICENESS)
+    except (AttributeError, OSError):
+        pass
+
+
 def release_memory() -> None:
     """Hand the heap's free pages back to the system (glibc only)."""
     libc = _glibc()
@@ -66,6 +78,9 @@ class PhotoDecoder:
         self.limits = limits
         self.draft = draft
         self.gate = PixelGate(limits.decoding)
+        # Large decodes run in their own low-priority threads: where cores are short (a Pi, or this 2-core VM), the
+        # scheduler gives everyday photos the CPU first, and a burst of huge photos only waits longer itself.
+        self._large = ThreadPoolExecutor(2, thread_name_prefix="cassava-large-decode", initializer=_lower_priority)
 
     @classmethod
     def from_extra(cls, extra: dict) -> "PhotoDecoder":
@@ -79,10 +94,16 @@ class PhotoDecoder:
             return x
         name, size = request_input.name, spec.input_size
         pixels = []
+        loop = asyncio.get_running_loop()
         for index, (photo, cost) in enumerate(zip(files, costs)):
             async with self.gate.hold(cost):
-                pixels.append(await asyncio.to_thread(self._decode_one, photo, cost, size, f"input {name!r}[{index}]"))
+                executor = self._large if cost >= LARGE_PIXELS else None  # None: the loop's default threads
+                pixels.append(await loop.run_in_executor(executor, self._decode_one, photo, cost, size,
+                                                         f"input {name!r}[{index}]"))
         return to_model_input(np.stack(pixels), spec.input_scale)
+
+    def close(self) -> None:
+        self._large.shutdown(wait=False, cancel_futures=True)
 
     def _prepare(self, request_input: RequestInput, spec: ModelSpec):
         """-> (files, decode costs, None) for photos, checked from their headers; (None, None, x) for tensors."""
@@ -102,5 +123,5 @@ class PhotoDecoder:
         except BadPayload as exc:
             raise BadRequest(str(exc), exc.status) from None
         finally:
-            if cost >= TRIM_ABOVE_PIXELS:
+            if cost >= LARGE_PIXELS:
                 release_memory()

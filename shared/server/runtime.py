@@ -164,6 +164,8 @@ class ImageClassifierRuntime(MLModel):
     async def unload(self) -> bool:
         if getattr(self, "_batcher", None):
             self._batcher.close()
+        if getattr(self, "decoder", None):
+            self.decoder.close()
         return True
 
 
