@@ -32,6 +32,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _servers import REAL_CLASSES, REAL_MODEL, REAL_PHOTOS, standin_tflite, tier_server  # noqa: E402
 
+from cassava.shared.server.process import PeakRss, tree_rss_mb  # noqa: E402
+
 # Targets, from the issue: the bomb request refused within a second (it is refused from headers, so the time is the
 # body's transfer and parsing); memory back within 10 % of steady after a burst; normal requests at most twice as
 # slow (p95) while 4 clients send bombs, with none failing; a 12 MP JPEG in at most half the time it took before
@@ -76,31 +78,6 @@ def phone_jpeg(photo: bytes, width: int = 4000, height: int = 3000) -> bytes:
     buffer = io.BytesIO()
     image.resize((width, height), Image.LANCZOS).save(buffer, format="JPEG", quality=90)
     return buffer.getvalue()
-
-
-def tree_rss_mb(pid: int) -> float:
-    from bench_images import process_tree
-
-    return process_tree(pid)[0]
-
-
-class PeakRss:
-    def __init__(self, pid: int):
-        self.pid, self.peak, self._stop = pid, 0.0, threading.Event()
-
-    def __enter__(self):
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, tree_rss_mb(self.pid))
-            time.sleep(0.05)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join(5)
 
 
 def _post(http, url: str, body: bytes):

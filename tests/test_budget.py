@@ -20,12 +20,13 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from test_reliability import _png_bomb, _still_serving
+from test_reliability import _png_bomb, _still_serving, running_tiers
 
 from cassava.shared.protocol.binary import frame, pack_elements
 from cassava.shared.protocol.v2 import build_request
+from cassava.shared.server.process import PeakRss, tree_rss_mb
 
-from helpers import REPO, MLServer, free_port, run_cli, stop_process_group
+from helpers import free_port, run_cli, stop_process_group
 from test_convert import converted, standin_args
 
 pytestmark = pytest.mark.slow
@@ -62,68 +63,10 @@ REFUSED = [
 ]
 
 
-def tree_rss_mb(pid: int) -> float:
-    """RSS of a process and its descendants, from /proc."""
-    children = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                children.setdefault(int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]), []).append(
-                    int(entry.name))
-            except (OSError, IndexError, ValueError):
-                continue
-    total, todo = 0, [pid]
-    while todo:
-        current = todo.pop()
-        try:
-            total += int(Path(f"/proc/{current}/status").read_text().split("VmRSS:")[1].split()[0])
-        except (OSError, IndexError):
-            pass
-        todo += children.get(current, [])
-    return total / 1024
-
-
-class PeakRss:
-    """Samples a process tree's RSS every 50 ms while in use: -> .peak (MB)."""
-
-    def __init__(self, pid: int):
-        self.pid, self.peak, self._stop = pid, 0.0, threading.Event()
-
-    def __enter__(self):
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, tree_rss_mb(self.pid))
-            time.sleep(0.05)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join(5)
-        self.peak = max(self.peak, tree_rss_mb(self.pid))
-
-
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory, standin_model):
-    """Cloud (TF stand-in) and edge (int8 TFLite stand-in) with the shipped settings, budget included."""
-    root = tmp_path_factory.mktemp("budget")
-    edge_model = converted(tmp_path_factory.getbasetemp() / "conversions", "standin-int8", *standin_args("int8"))
-    cloud_settings = json.loads((REPO / "cloud" / "model-settings.json").read_text())
-    cloud_settings["parameters"]["uri"] = "standin"
-    edge_settings = json.loads((REPO / "edge" / "model-settings.json").read_text())
-    edge_settings["parameters"]["uri"] = str(edge_model)
-    started = {"cloud": MLServer(root / "cloud", cloud_settings), "edge": MLServer(root / "edge", edge_settings)}
-    try:
-        for server in started.values():
-            server.launch()
-        for server in started.values():
-            server.wait_ready(180)
-        yield started
-    finally:
-        for server in started.values():
-            server.stop()
+    """Cloud and edge with the shipped settings, budget included, and the shipped 64 MiB body limit."""
+    yield from running_tiers(tmp_path_factory, "budget")
 
 
 @pytest.fixture(scope="module")

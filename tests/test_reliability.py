@@ -126,10 +126,14 @@ BAD_REQUESTS = [
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory, standin_model):
-    """A cloud server (TF stand-in) and an edge server (int8 TFLite stand-in), shipped settings, free ports."""
-    root = tmp_path_factory.mktemp("reliability")
+    yield from running_tiers(tmp_path_factory, "reliability", {"CASSAVA_MAX_REQUEST_BYTES": str(BODY_LIMIT)})
+
+
+def running_tiers(tmp_path_factory, name: str, env=None):
+    """A cloud server (TF stand-in) and an edge server (int8 TFLite stand-in), shipped settings, free ports: yields
+    {tier: server} while both run (a fixture's body)."""
+    root = tmp_path_factory.mktemp(name)
     edge_model = converted(tmp_path_factory.getbasetemp() / "conversions", "standin-int8", *standin_args("int8"))
-    env = {"CASSAVA_MAX_REQUEST_BYTES": str(BODY_LIMIT)}
     cloud_settings = json.loads((REPO / "cloud" / "model-settings.json").read_text())
     cloud_settings["parameters"]["uri"] = "standin"
     edge_settings = json.loads((REPO / "edge" / "model-settings.json").read_text())
