@@ -235,6 +235,55 @@ def draft_agreement(photos) -> dict:
             "draft_as_native": int((top1["draft"] == top1["native"]).sum())}
 
 
+MEMORY_VARIANTS = ("neither", "malloc_trim", "mmap threshold", "both")
+
+
+def memory_variant(variant: str) -> dict:
+    """In this process, the decode stage alone (PhotoDecoder) with one of the ways of handing memory back: 40 requests,
+    2 at a time, mixing a 7000x7000 PNG, two 12 MP JPEGs and real photos. -> RSS after real photos alone and after."""
+    import asyncio
+
+    from cassava.shared.protocol.v2 import photos_input
+    from cassava.shared.server import decoding
+    from cassava.shared.spec import ModelSpec
+
+    if variant in ("mmap threshold", "both"):
+        decoding.keep_large_blocks_in_mmap()
+    if variant in ("neither", "mmap threshold"):
+        decoding.release_memory = lambda: None
+    normal = normal_photos()[:8]
+    phone, bomb = phone_jpeg(normal[0]), _png(7000, 7000)
+    spec = ModelSpec(input_size=256, input_scale=255.0, class_names=REAL_CLASSES.split(","))
+    decoder = decoding.PhotoDecoder()
+
+    async def run() -> dict:
+        for _ in range(3):
+            await decoder.decode(photos_input(normal), spec)
+        steady = tree_rss_mb(os.getpid())
+        kinds = ([bomb], [phone] * 2, normal, normal)
+        for i in range(0, 40, 2):
+            await asyncio.gather(*(decoder.decode(photos_input(kinds[j % 4]), spec) for j in (i, i + 1)))
+        for _ in range(3):
+            await decoder.decode(photos_input(normal), spec)
+        return {"steady_mb": steady, "after_mb": tree_rss_mb(os.getpid())}
+
+    return asyncio.run(run())
+
+
+def memory_variants() -> dict:
+    """Each variant in a fresh process (glibc's settings cannot be undone in one)."""
+    import subprocess
+
+    out = {}
+    for variant in MEMORY_VARIANTS:
+        result = subprocess.run([sys.executable, __file__, "--memory-variant", variant], capture_output=True,
+                                text=True, timeout=1800)
+        if result.returncode != 0:
+            raise RuntimeError(f"memory variant {variant}: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
+        out[variant] = json.loads(result.stdout.strip().splitlines()[-1])
+    return out
+
+
 def main() -> dict:
     photos = normal_photos()
     phones = [phone_jpeg(p) for p in photos[:4]]
@@ -247,7 +296,7 @@ def main() -> dict:
     if os.environ.get("BENCH_AGREEMENT", "1") != "0" and REAL_MODEL.exists() and REAL_PHOTOS.is_dir():
         more = REAL_PHOTOS.parent / "cassava-more"  # the 300 more real photos, when there
         agreement = draft_agreement(photos + [p.read_bytes() for p in sorted(more.rglob("*.jpg"))])
-    result.update(timing, agreement=agreement)
+    result.update(timing, agreement=agreement, memory=memory_variants())
 
     r = result
     print(f"edge server, int8 stand-in, shipped settings (max_image_pixels 67,108,864, max_request_pixels "
@@ -266,6 +315,9 @@ def main() -> dict:
         print(f"  real model, real photos upscaled to 12 MP: draft top-1 = exact top-1 on {agreement['same_top1']}/"
               f"{agreement['photos']}; = the photo's own-size answer: exact {agreement['exact_as_native']}, "
               f"draft {agreement['draft_as_native']}")
+    print("  memory handed back (in process, decode stage alone), RSS after a burst ÷ before: " + ", ".join(
+        f"{name} {m['after_mb'] / m['steady_mb']:.2f}× ({m['steady_mb']:.0f} → {m['after_mb']:.0f} MB)"
+        for name, m in r["memory"].items()))
     ratios = [
         {"name": "64 x 7000x7000 PNG request: seconds to the 413", "value": r["bomb_seconds"],
          "target": TARGET_BOMB_SECONDS, "better": "lower", "unit": " s",
@@ -292,4 +344,7 @@ def main() -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--memory-variant"]:
+        print(json.dumps(memory_variant(sys.argv[2])))
+    else:
+        main()
