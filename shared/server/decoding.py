@@ -8,7 +8,8 @@ Memory: glibc raises its mmap threshold to the largest block freed (up to 32 MB)
 Pillow's 16 MB blocks come from the heap, whose freed space the process keeps (the issue's 611 MB after a burst).
 A fixed threshold keeps blocks of 1 MiB and up in mmap, which free() returns to the system at once, and
 malloc_trim after a large decode gives back what the heap still holds. What was tried and measured: the README's
-Reliability section (fixed threshold 1.03x of steady RSS after a burst, malloc_trim alone 1.33x, neither 2.72x).
+Reliability section (benchmarks/bench_budget.py: fixed threshold 1.05x of steady RSS after a burst, malloc_trim
+alone 1.31x, neither 3.26x, both 1.03x).
 """
 from __future__ import annotations
 
