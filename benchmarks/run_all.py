@@ -39,6 +39,7 @@ MODULES = (
     ("bench_images", "container image sizes, edge process tree RSS (native) and edge container memory (qemu)"),
     ("bench_standin", "the stand-in's first build (fresh process, empty cache): fast ÷ v1 recipe time, accuracy"),
     ("bench_page", "the phone page's scaling in chromium: same answer as the API for the original photo, bytes sent"),
+    ("bench_budget", "decoding budget: pixel-bomb requests, RSS after a burst, latency under bombs, 12 MP JPEG"),
 )
 
 

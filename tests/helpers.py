@@ -5,13 +5,16 @@ import base64
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import httpx
 import numpy as np
 
+from cassava.shared.protocol.v2 import build_request, decode_response
 from cassava.shared.server.process import MLServerProcess, ServerProcess, free_port, stop
 from cassava.shared.server.process import wait_ready as process_wait_ready
 
@@ -227,3 +230,49 @@ def infer_json(server, body, **kwargs) -> httpx.Response:
 def served_version(server) -> str:
     """The model version the server's metadata names (the one its answers carry)."""
     return httpx.get(f"{server.url}/v2/models/cassava", timeout=10).json()["versions"][0]
+
+
+def png_bomb(width=20000, height=20000) -> bytes:
+    """A 66-byte PNG whose header declares width x height (a decompression bomb's header; no real pixels)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+            + chunk(b"IEND", b""))
+
+
+def running_tiers(tmp_path_factory, name: str, env=None):
+    """A cloud server (TF stand-in) and an edge server (int8 TFLite stand-in), shipped settings, free ports: yields
+    {tier: server} while both run (a fixture's body)."""
+    root = tmp_path_factory.mktemp(name)
+    edge_model = converted(tmp_path_factory.getbasetemp() / "conversions", "standin-int8", *standin_args("int8"))
+    cloud_settings = json.loads((REPO / "cloud" / "model-settings.json").read_text())
+    cloud_settings["parameters"]["uri"] = "standin"
+    edge_settings = json.loads((REPO / "edge" / "model-settings.json").read_text())
+    edge_settings["parameters"]["uri"] = str(edge_model)
+    started = {"cloud": MLServer(root / "cloud", cloud_settings, env=env),
+               "edge": MLServer(root / "edge", edge_settings, env=env)}
+    try:
+        for server in started.values():
+            server.start(timeout=180)
+        yield started
+    finally:
+        for server in started.values():
+            server.stop()
+
+
+def infer_request(server, client: httpx.Client, request):
+    from mlserver.types import InferenceResponse
+
+    reply = client.post(f"{server.url}/v2/models/cassava/infer", content=request.model_dump_json(exclude_none=True),
+                        headers={"content-type": "application/json"}, timeout=120)
+    assert reply.status_code == 200, reply.text
+    return decode_response(InferenceResponse.model_validate_json(reply.content))
+
+
+def still_serving(server, images):
+    assert server.alive()
+    with httpx.Client() as client:
+        class_ids, probabilities, _ = infer_request(server, client, build_request("uint8", pixels=images[:2]))
+    assert class_ids.shape == (2,) and np.allclose(probabilities.sum(1), 1, atol=0.02)  # int8 outputs step in 1/256

@@ -8,7 +8,6 @@ import io
 import json
 import struct
 import threading
-import zlib
 from typing import NamedTuple, Optional
 
 import grpc
@@ -19,9 +18,9 @@ from PIL import Image
 
 from cassava.shared.data import load_samples
 from cassava.shared.preprocess import preprocess
-from cassava.shared.protocol.v2 import build_request, decode_response
+from cassava.shared.protocol.v2 import build_request
 
-from helpers import REPO, MLServer, converted, standin_args
+from helpers import REPO, MLServer, infer_request, png_bomb, running_tiers, still_serving
 
 pytestmark = pytest.mark.slow
 BODY_LIMIT = 4_000_000  # small for the test: three images as float JSON (~6 MB) are over it
@@ -38,15 +37,6 @@ def _truncated_jpeg() -> bytes:
     noise = np.random.default_rng(3).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     Image.fromarray(noise).save(buffer, format="JPEG", quality=90)
     return buffer.getvalue()[:600]  # header intact, scan data cut off
-
-
-def _png_bomb(width=20000, height=20000) -> bytes:
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-            + chunk(b"IEND", b""))
 
 
 def _photos_input(photos, name="photos"):
@@ -92,7 +82,7 @@ BAD_REQUESTS = [
     ("batch above the limit", {"inputs": [_photos_input([_png()] * 65)]}, "cassava", 413, "limit of 64"),
     ("corrupt JPEG", {"inputs": [_photos_input([_truncated_jpeg()])]}, "cassava", 400, "corrupt"),
     ("non-image bytes", {"inputs": [_photos_input([b"%PDF-1.4 this is a document"])]}, "cassava", 400, "not an image"),
-    ("decompression bomb", {"inputs": [_photos_input([_png_bomb()])]}, "cassava", 400, "pixel"),
+    ("decompression bomb", {"inputs": [_photos_input([png_bomb()])]}, "cassava", 413, "pixels per image"),
     ("body above the limit",
      {"inputs": [_tensor("payload", "FP32", [3, 224, 224, 3], [0.123456789] * (3 * 224 * 224 * 3))]},
      "cassava", 413, "above the limit"),
@@ -125,23 +115,7 @@ BAD_REQUESTS = [
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory, standin_model):
-    """A cloud server (TF stand-in) and an edge server (int8 TFLite stand-in), shipped settings, free ports."""
-    root = tmp_path_factory.mktemp("reliability")
-    edge_model = converted(tmp_path_factory.getbasetemp() / "conversions", "standin-int8", *standin_args("int8"))
-    env = {"CASSAVA_MAX_REQUEST_BYTES": str(BODY_LIMIT)}
-    cloud_settings = json.loads((REPO / "cloud" / "model-settings.json").read_text())
-    cloud_settings["parameters"]["uri"] = "standin"
-    edge_settings = json.loads((REPO / "edge" / "model-settings.json").read_text())
-    edge_settings["parameters"]["uri"] = str(edge_model)
-    started = {"cloud": MLServer(root / "cloud", cloud_settings, env=env),
-               "edge": MLServer(root / "edge", edge_settings, env=env)}
-    try:
-        for server in started.values():
-            server.start(timeout=180)
-        yield started
-    finally:
-        for server in started.values():
-            server.stop()
+    yield from running_tiers(tmp_path_factory, "reliability", {"CASSAVA_MAX_REQUEST_BYTES": str(BODY_LIMIT)})
 
 
 @pytest.fixture(scope="module")
@@ -161,22 +135,6 @@ def _post(server, body, model="cassava") -> httpx.Response:
     return httpx.post(f"{server.url}/v2/models/{model}/infer", content=content, headers=headers, timeout=60)
 
 
-def _infer(server, client: httpx.Client, request):
-    from mlserver.types import InferenceResponse
-
-    reply = client.post(f"{server.url}/v2/models/cassava/infer", content=request.model_dump_json(exclude_none=True),
-                        headers={"content-type": "application/json"}, timeout=120)
-    assert reply.status_code == 200, reply.text
-    return decode_response(InferenceResponse.model_validate_json(reply.content))
-
-
-def _still_serving(server, images):
-    assert server.alive()
-    with httpx.Client() as client:
-        class_ids, probabilities, _ = _infer(server, client, build_request("uint8", pixels=images[:2]))
-    assert class_ids.shape == (2,) and np.allclose(probabilities.sum(1), 1, atol=0.02)  # int8 outputs step in 1/256
-
-
 @pytest.mark.parametrize("tier", ["cloud", "edge"])
 @pytest.mark.parametrize("case, body, model, status, words", BAD_REQUESTS, ids=[c[0] for c in BAD_REQUESTS])
 def test_bad_request_gets_a_clear_4xx_and_the_server_keeps_serving(servers, images, tier, case, body, model, status,
@@ -186,7 +144,7 @@ def test_bad_request_gets_a_clear_4xx_and_the_server_keeps_serving(servers, imag
     assert reply.status_code == status, f"{case}: {reply.status_code} {reply.text[:300]}"
     message = reply.json()["error"]  # OIP's error object, whoever refused the request (rest.py's _oip_answer)
     assert message and words in message, f"{case}: {message[:300]}"
-    _still_serving(server, images)
+    still_serving(server, images)
 
 
 @pytest.mark.parametrize("tier", ["cloud", "edge"])
@@ -215,14 +173,14 @@ def test_grpc_bad_requests_get_status_codes(servers, images, tier):
             with pytest.raises(grpc.RpcError) as caught:
                 stub.ModelInfer(request, timeout=60)
             assert caught.value.code() == code and words in caught.value.details(), caught.value.details()
-    _still_serving(server, images)
+    still_serving(server, images)
 
 
 @pytest.mark.parametrize("tier", ["cloud", "edge"])
 def test_eight_clients_times_100_requests_get_the_answers_sent_alone(servers, images, tier):
     server = servers[tier]
     with httpx.Client() as client:  # each image alone, one at a time: the reference answers
-        alone = [_infer(server, client, build_request("uint8", pixels=images[i:i + 1]))[1][0]
+        alone = [infer_request(server, client, build_request("uint8", pixels=images[i:i + 1]))[1][0]
                  for i in range(len(images))]
     errors, mismatches = [], []
 
@@ -234,7 +192,7 @@ def test_eight_clients_times_100_requests_get_the_answers_sent_alone(servers, im
                 wire = ("uint8", "compact")[int(rng.integers(2))]
                 try:
                     request = build_request(wire, pixels=images[index:index + 1])
-                    class_ids, probabilities, _ = _infer(server, client, request)
+                    class_ids, probabilities, _ = infer_request(server, client, request)
                 except Exception as exc:  # noqa: BLE001 - counted and reported below
                     errors.append(repr(exc)[:200])
                     continue

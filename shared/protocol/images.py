@@ -18,13 +18,19 @@ from mlserver.codecs import InputCodec, register_input_codec
 from mlserver.types import Parameters, RequestInput
 from PIL import Image
 
+from ..budget import PixelLimits, check_request
 from ..errors import BadImage, CassavaError
-from ..preprocess import decode_image, preprocess
+from ..preprocess import decode_image, image_size, preprocess
 from .binary import tensor_data
 
 
 class BadPayload(CassavaError):
-    """The payload is not what the codec carries; the message names the input (and item) at fault."""
+    """The payload is not what the codec carries; the message names the input (and item) at fault. `status`: 413
+    for too many pixels (budget.py), else 400."""
+
+    def __init__(self, msg: str, status: int = 400):
+        super().__init__(msg)
+        self.status = status
 
 
 @register_input_codec
@@ -76,15 +82,38 @@ class ImagePayloadCodec(InputCodec):
         return buffer.getvalue()
 
     @staticmethod
-    def to_pixels(files: Sequence[bytes], size: int, name: str = "photos") -> np.ndarray:
-        """Encoded files -> uint8 pixels [N, size, size, 3] through the shared preprocessing."""
-        pixels = []
+    def decode_costs(files: Sequence[bytes], size: int, name: str = "photos", limits: PixelLimits = PixelLimits(),
+                     draft: bool = False) -> List[int]:
+        """From the headers alone, before any decoding: every file an image within the per-image and per-request
+        pixel limits (BadPayload, 413 when over). -> the pixels each decode fills (fewer for a drafted JPEG)."""
+        sizes = []
         for index, photo in enumerate(files):
             try:
-                pixels.append(preprocess(photo, size))
+                sizes.append(image_size(photo, limits.image, size if draft else None))
             except BadImage as exc:
-                raise BadPayload(f"input {name!r}[{index}]: {exc}") from None
-        return np.stack(pixels)
+                raise BadPayload(f"input {name!r}[{index}]: {exc}", getattr(exc, "status", 400)) from None
+        try:
+            check_request([(width, height) for width, height, _ in sizes], limits, name)
+        except BadImage as exc:
+            raise BadPayload(str(exc), exc.status) from None
+        return [decoded for _, _, decoded in sizes]
+
+    @staticmethod
+    def to_pixel(photo: bytes, size: int, where: str, limits: PixelLimits = PixelLimits(),
+                 draft: bool = False) -> np.ndarray:
+        """One encoded file -> uint8 pixels [size, size, 3] through the shared preprocessing."""
+        try:
+            return preprocess(photo, size, limits.image, draft)
+        except BadImage as exc:
+            raise BadPayload(f"{where}: {exc}", getattr(exc, "status", 400)) from None
+
+    @staticmethod
+    def to_pixels(files: Sequence[bytes], size: int, name: str = "photos", limits: PixelLimits = PixelLimits(),
+                  draft: bool = False) -> np.ndarray:
+        """Encoded files -> uint8 pixels [N, size, size, 3], the pixel limits checked first from the headers."""
+        ImagePayloadCodec.decode_costs(files, size, name, limits, draft)
+        return np.stack([ImagePayloadCodec.to_pixel(photo, size, f"input {name!r}[{index}]", limits, draft)
+                         for index, photo in enumerate(files)])
 
 
 def original_file(source) -> bytes:

@@ -20,6 +20,7 @@ from mlserver.codecs import NumpyCodec, StringCodec
 from mlserver.errors import MLServerError
 from mlserver.types import InferenceRequest, InferenceResponse, MetadataTensor, Parameters, RequestInput, ResponseOutput
 
+from ..budget import PixelLimits
 from ..preprocess import pixel_range_ok, to_model_input
 from ..spec import ModelSpec
 from . import CLASS_IDS, FLOAT_INPUT, LABELS, PHOTOS_INPUT, PIXELS_INPUT, PROBABILITIES, WIRE_FORMATS
@@ -163,21 +164,36 @@ def check_request(request: InferenceRequest, spec: ModelSpec,
     return request_input
 
 
-def decode_input(request_input: RequestInput, spec: ModelSpec) -> np.ndarray:
-    """A checked input -> float32 [N, H, W, 3] in the model's pixel range. Every problem is a BadRequest
-    (HTTP 4xx / gRPC INVALID_ARGUMENT) whose message says what was wrong."""
+def photo_files(request_input: RequestInput) -> Optional[List[bytes]]:
+    """A checked input's encoded image files when it carries photos (BYTES); None for a tensor input."""
     name, datatype = request_input.name, request_input.datatype
+    if not (name == PHOTOS_INPUT or (name == FLOAT_INPUT and datatype == "BYTES")):
+        return None
+    if datatype != "BYTES":
+        raise BadRequest(f"input {name!r}: datatype must be BYTES (encoded images), got {datatype}")
+    try:
+        files = ImagePayloadCodec.decode_input(request_input)
+    except BadPayload as exc:
+        raise BadRequest(str(exc), exc.status) from None
     n = int(request_input.shape[0])
-    if name == PHOTOS_INPUT or (name == FLOAT_INPUT and datatype == "BYTES"):
-        if datatype != "BYTES":
-            raise BadRequest(f"input {name!r}: datatype must be BYTES (encoded images), got {datatype}")
+    if len(files) != n:
+        raise BadRequest(f"input {name!r}: shape says {n} images but {len(files)} were sent")
+    return files
+
+
+def decode_input(request_input: RequestInput, spec: ModelSpec, limits: PixelLimits = PixelLimits(),
+                 draft: bool = False) -> np.ndarray:
+    """A checked input -> float32 [N, H, W, 3] in the model's pixel range. Every problem is a BadRequest
+    (HTTP 4xx / gRPC INVALID_ARGUMENT; 413 / RESOURCE_EXHAUSTED for too many pixels) whose message says what was
+    wrong. Photos: `limits` are checked from the headers before decoding (budget.py); `draft` as in preprocess."""
+    name, datatype = request_input.name, request_input.datatype
+    files = photo_files(request_input)
+    if files is not None:
         try:
-            files = ImagePayloadCodec.decode_input(request_input)
-            if len(files) != n:
-                raise BadRequest(f"input {name!r}: shape says {n} images but {len(files)} were sent")
-            return to_model_input(ImagePayloadCodec.to_pixels(files, spec.input_size, name), spec.input_scale)
+            pixels = ImagePayloadCodec.to_pixels(files, spec.input_size, name, limits, draft)
         except BadPayload as exc:
-            raise BadRequest(str(exc)) from None
+            raise BadRequest(str(exc), exc.status) from None
+        return to_model_input(pixels, spec.input_scale)
     if name == PIXELS_INPUT or (name == FLOAT_INPUT and datatype == "UINT8"):
         if datatype != "UINT8":
             raise BadRequest(f"input {name!r}: datatype must be UINT8 pixels 0-255, got {datatype}")

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -171,3 +172,46 @@ class MLServerProcess(ServerProcess):
             return super().start(timeout)
         except RuntimeError as exc:
             raise RuntimeError(f"{exc}\nlog:\n{self.log()[-3000:]}") from None
+
+
+def tree_rss_mb(pid: int) -> float:
+    """RSS in MB of a process and all its descendants, from /proc (Linux)."""
+    children = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            total += int(Path(f"/proc/{current}/status").read_text().split("VmRSS:")[1].split()[0])
+        except (OSError, IndexError):
+            pass
+        todo += children.get(current, [])
+    return total / 1024
+
+
+class PeakRss:
+    """`with PeakRss(pid) as rss:` samples the process tree's RSS every 50 ms; `rss.peak` is the highest (MB)."""
+
+    def __init__(self, pid: int):
+        self.pid, self.peak, self._stop = pid, 0.0, threading.Event()
+
+    def __enter__(self):
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, tree_rss_mb(self.pid))
+            time.sleep(0.05)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(5)
+        self.peak = max(self.peak, tree_rss_mb(self.pid))

@@ -30,7 +30,6 @@ from ..protocol.v2 import (
     BadRequest,
     build_response,
     check_request,
-    decode_input,
     metadata_inputs,
     metadata_outputs,
     requested_outputs,
@@ -38,6 +37,7 @@ from ..protocol.v2 import (
 from ..spec import is_model_path
 from . import conformance, rest
 from .batching import MicroBatcher
+from .decoding import PhotoDecoder, keep_large_blocks_in_mmap
 from .process import LOAD_FAILURE_ENV
 from .store import WATCH_INTERVAL_S, StoreWatcher, is_store
 
@@ -114,6 +114,8 @@ class ImageClassifierRuntime(MLModel):
             self.classifier = await asyncio.to_thread(self.load_classifier, uri, extra)
         spec = self.classifier.spec
         self.max_request_images = int(extra.get("max_request_images", DEFAULT_MAX_REQUEST_IMAGES))
+        self.decoder = PhotoDecoder.from_extra(extra)  # pixel limits and the decode budget (budget.py)
+        keep_large_blocks_in_mmap()
         self.inputs = metadata_inputs(spec)
         self.outputs = metadata_outputs(spec)
         self._batcher = self._new_batcher(self.classifier, extra)
@@ -135,8 +137,8 @@ class ImageClassifierRuntime(MLModel):
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
         request_input = self.validate(payload)
-        # Photos are decoded and resized off the event loop: a large JPEG takes milliseconds.
-        x = await asyncio.to_thread(self.decode, request_input)
+        # Photos are decoded and resized off the event loop (a large JPEG takes milliseconds), within the pixel budget.
+        x = await self.decode(request_input)
         probabilities = await self.batch(x)
         return self.encode(probabilities, payload)
 
@@ -145,9 +147,9 @@ class ImageClassifierRuntime(MLModel):
         requested_outputs(payload)  # an unknown output name fails before any image is decoded
         return check_request(payload, self.classifier.spec, self.max_request_images)
 
-    def decode(self, request_input) -> np.ndarray:
-        """-> float32 [N, H, W, 3] in the model's pixel range, values checked."""
-        return decode_input(request_input, self.classifier.spec)
+    async def decode(self, request_input) -> np.ndarray:
+        """-> float32 [N, H, W, 3] in the model's pixel range, values checked (decoding.py)."""
+        return await self.decoder.decode(request_input, self.classifier.spec)
 
     async def batch(self, x: np.ndarray) -> np.ndarray:
         """Probabilities for `x`, computed in a micro-batch with other requests' images (the predict stage)."""
@@ -180,6 +182,8 @@ class ImageClassifierRuntime(MLModel):
             self._store.stop()
         if getattr(self, "_batcher", None):
             self._batcher.close()
+        if getattr(self, "decoder", None):
+            self.decoder.close()
         return True
 
     # ------------------------------------------------------------ a model store (store.py): verified hot swap

@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from ..arguments import add_model_spec_arguments
+from ..budget import DEFAULT_MAX_DECODING_PIXELS, DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_REQUEST_PIXELS, PixelLimits
 from ..cache import STANDIN_VERSION
 from ..errors import CassavaError
 from ..native import native_stderr_silenced
@@ -56,6 +57,19 @@ def add_arguments(parser):
                         help=f"model store: seconds between looks for new versions (at most {MAX_INTERVAL_S:g})")
     parser.add_argument("--no-page", action="store_true",
                         help="API only: no phone page on GET / (the same as CASSAVA_PAGE=off in the environment)")
+    budget = parser.add_argument_group("decoding budget (defaults sized for a 1 GB Raspberry Pi; see shared/budget.py)")
+    budget.add_argument("--max-image-pixels", type=int, metavar="N",
+                        help=f"pixels one photo may declare (default {DEFAULT_MAX_IMAGE_PIXELS:,}: 8192x8192, above "
+                             "every 12-64 MP phone photo); larger ones get 413")
+    budget.add_argument("--max-request-pixels", type=int, metavar="N",
+                        help=f"pixels one request's photos may declare in all (default {DEFAULT_MAX_REQUEST_PIXELS:,})")
+    budget.add_argument("--max-decoding-pixels", type=int, metavar="N",
+                        help=f"pixels decoded at once across requests, ~4 bytes each (default "
+                             f"{DEFAULT_MAX_DECODING_PIXELS:,}, ~256 MB; 33554432 for a 512 MB Pi Zero 2)")
+    budget.add_argument("--jpeg-draft", action="store_true",
+                        help="decode JPEG photos of at least 4x the model's input on each side at 1/2-1/8 scale in "
+                             "the DCT domain: 3x faster for 12 MP, but not the exact pixels (answers can change; "
+                             "default: exact)")
     parser.add_argument("--run-dir", type=Path,
                         help="where the MLServer settings are written (default: a temporary dir)")
 
@@ -74,6 +88,7 @@ def run(args) -> int:
         raise CassavaError(f"--watch-interval must be above 0 and at most {MAX_INTERVAL_S:g} s")
     debug = bool(getattr(args, "debug", False))
     escalation = escalation_flags(args, tier)
+    decoding = decoding_settings(args)
     spec = check_model(tier, model, args.input_scale, args.classes, debug)
     extra = escalation and _preflight_escalation(escalation, spec)
     if getattr(args, "no_page", False):
@@ -81,7 +96,7 @@ def run(args) -> int:
     run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix=f"cassava-{tier}-"))
     try:
         run_dir = write_run_dir(run_dir, tier, model, args.host, ports, args.workers, args.input_scale, args.classes,
-                                extra)
+                                {**(extra or {}), **decoding})
         if is_store(model):
             store_settings(run_dir, args.watch_interval, args.allow_spec_change)
     except BaseException:
@@ -113,6 +128,17 @@ def exec_supervisor(run_dir: Path, tier: str, spec, debug: bool, remove: bool) -
 
 
 # ---------------------------------------------------------------- checks before MLServer starts
+
+
+def decoding_settings(args) -> dict:
+    """The budget flags given, as `parameters.extra` keys, checked together with the tier's shipped values."""
+    given = {key: getattr(args, key, None) for key in ("max_image_pixels", "max_request_pixels", "max_decoding_pixels")}
+    given = {key: value for key, value in given.items() if value is not None}
+    if getattr(args, "jpeg_draft", False):
+        given["jpeg_draft"] = True
+    shipped = TIERS[args.tier].model_settings().get("parameters", {}).get("extra", {})
+    PixelLimits.from_extra({**shipped, **given})  # a CassavaError (one line, exit 2) when they do not fit together
+    return given
 
 
 def check_ports(host: str, ports) -> None:
@@ -238,7 +264,7 @@ def write_run_dir(run_dir, tier: str, model: str, host: str, ports, workers=None
         extra["input_scale"] = float(input_scale)
     if classes:
         extra["classes"] = ",".join(classes)
-    extra.update(more_extra or {})
+    extra.update(more_extra or {})  # escalation and decoding-budget flags
 
     http_port, grpc_port, metrics_port = ports
     settings.update(host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
