@@ -132,7 +132,7 @@ def test_serve_flags_become_settings(tmp_path):
     extra = decoding_settings(args)
     assert extra == {"max_image_pixels": 1000, "max_decoding_pixels": 2000, "jpeg_draft": True}
     run_dir = write_run_dir(tmp_path / "run", "edge", str(tmp_path / "m.tflite"), "127.0.0.1", (1, 2, 3),
-                            decoding=extra)
+                            extra=extra)
     import json
 
     written = json.loads((run_dir / "model-settings.json").read_text())["parameters"]["extra"]
