@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cassava.shared.server.process import free_port
+from cassava.shared.server.process import free_port, process_tree
 from cassava.shared.server.process import wait_ready as answered
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -27,29 +27,6 @@ from _servers import REAL_MODEL, REAL_PHOTOS, REPO, real_tflite, standin_tflite 
 BIN = Path(sys.executable).parent
 DOCKER = "/usr/bin/docker" if os.access("/usr/bin/docker", os.X_OK) else "docker"
 TARGET_TREE_MB = 220
-
-
-def process_tree(pid: int) -> tuple:
-    """(RSS in MB, number of processes) of a process and all its descendants, from /proc."""
-    children = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    total, count, todo = 0, 0, [pid]
-    while todo:
-        current = todo.pop()
-        try:
-            status = Path(f"/proc/{current}/status").read_text()
-            total += int(status.split("VmRSS:")[1].split()[0])
-            count += 1
-        except (OSError, IndexError):
-            pass
-        todo += children.get(current, [])
-    return total / 1024, count
 
 
 def wait_ready(url: str, timeout: float, process=None) -> None:

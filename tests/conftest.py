@@ -17,6 +17,7 @@ from helpers import (
     REAL_PHOTOS,
     MLServer,
     Served,
+    all_running,
     converted,
     require_shared,
     shipped_cloud,
@@ -110,15 +111,8 @@ def standin_servers(tmp_path_factory, standin_model, standin_int8, no_tensorflow
     """Both tiers at once: the cloud on the stand-in, the edge on its int8 copy (`cassava convert --model standin
     --quantize int8`) with TensorFlow unimportable."""
     workdir = tmp_path_factory.mktemp("oip")
-    started = {"cloud": Served(workdir, "cloud", "standin").launch(),
-               "edge": Served(workdir, "edge", standin_int8, env=no_tensorflow).launch()}
-    try:
-        for server in started.values():
-            server.wait_ready(timeout=300)
-        yield started
-    finally:
-        for server in started.values():
-            server.stop()
+    yield from all_running({"cloud": Served(workdir, "cloud", "standin"),
+                            "edge": Served(workdir, "edge", standin_int8, env=no_tensorflow)}, timeout=300)
 
 
 @pytest.fixture(scope="session")

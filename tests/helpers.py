@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 
 from cassava.shared.protocol.v2 import build_request, decode_response
-from cassava.shared.server.process import MLServerProcess, ServerProcess, free_port, stop
+from cassava.shared.server.process import LoopbackPorts, MLServerProcess, ServerProcess, free_port, stop
 from cassava.shared.server.process import wait_ready as process_wait_ready
 
 REPO = Path(__file__).resolve().parents[1]
@@ -189,7 +189,7 @@ class Nginx:
         stop_process_group(self.process)
 
 
-class Served(ServerProcess):
+class Served(LoopbackPorts, ServerProcess):
     """`cassava serve TIER --model MODEL` on free loopback ports, in its own process group."""
 
     def __init__(self, workdir: Path, tier: str, model, env=None):
@@ -199,14 +199,6 @@ class Served(ServerProcess):
                    "--grpc-port", self.grpc_port, "--metrics-port", self.metrics_port]
         super().__init__(command, f"{self.url}/v2/models/cassava/ready", workdir / f"{tier}.log",
                          env={**os.environ, **(env or {})}, name=f"cassava serve {tier}")
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    @property
-    def grpc_address(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
 
     def metrics(self) -> str:
         return httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).text
@@ -251,14 +243,21 @@ def running_tiers(tmp_path_factory, name: str, env=None):
     cloud_settings["parameters"]["uri"] = "standin"
     edge_settings = json.loads((REPO / "edge" / "model-settings.json").read_text())
     edge_settings["parameters"]["uri"] = str(edge_model)
-    started = {"cloud": MLServer(root / "cloud", cloud_settings, env=env),
-               "edge": MLServer(root / "edge", edge_settings, env=env)}
+    yield from all_running({"cloud": MLServer(root / "cloud", cloud_settings, env=env),
+                            "edge": MLServer(root / "edge", edge_settings, env=env)}, timeout=180)
+
+
+def all_running(servers: dict, timeout: float):
+    """Launch every server at once (their start-ups overlap), wait until each is ready, yield {name: server}; stop
+    every one however it ends (a fixture's body)."""
     try:
-        for server in started.values():
-            server.start(timeout=180)
-        yield started
+        for server in servers.values():
+            server.launch()
+        for server in servers.values():
+            server.wait_ready(timeout=timeout)
+        yield servers
     finally:
-        for server in started.values():
+        for server in servers.values():
             server.stop()
 
 

@@ -79,12 +79,11 @@ class ServerProcess:
 
     def start(self, timeout: Optional[float] = 120.0) -> "ServerProcess":
         self.launch()
-        if not wait_ready(self.ready_url, self.process, timeout):
-            exited = self.process.poll() is not None
+        try:
+            return self.wait_ready(timeout)
+        except RuntimeError:
             self.stop()
-            why = f"exited with code {self.process.returncode}" if exited else f"was not ready after {timeout:.0f} s"
-            raise RuntimeError(f"{self.name} {why}: {self.last_line()} (log: {self.log_path})")
-        return self
+            raise
 
     def launch(self) -> "ServerProcess":
         """Start without waiting (wait_ready() later: several servers can start at once)."""
@@ -96,7 +95,9 @@ class ServerProcess:
 
     def wait_ready(self, timeout: Optional[float] = 120.0) -> "ServerProcess":
         if not wait_ready(self.ready_url, self.process, timeout):
-            raise RuntimeError(f"{self.name} did not become ready: {self.last_line()} (log: {self.log_path})")
+            exited = self.process.poll() is not None
+            why = f"exited with code {self.process.returncode}" if exited else f"was not ready after {timeout:.0f} s"
+            raise RuntimeError(f"{self.name} {why}: {self.last_line()} (log: {self.log_path})")
         return self
 
     def log(self) -> str:
@@ -133,7 +134,22 @@ def mlserver_command(folder) -> list:
     return command + ["start", str(folder)]
 
 
-class MLServerProcess(ServerProcess):
+class LoopbackPorts:
+    """A server on 127.0.0.1 with `http_port` and `grpc_port`: where clients reach it."""
+
+    http_port: int
+    grpc_port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_address(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+
+class MLServerProcess(LoopbackPorts, ServerProcess):
     """`mlserver start` on a folder it writes (model-settings.json + settings.json): the tier's own settings.json
     (the tier whose runtime `model_settings` names, unless `tier` says), free loopback ports, and `settings` on top:
     a real server for tests and benchmarks."""
@@ -159,23 +175,15 @@ class MLServerProcess(ServerProcess):
         super().__init__(mlserver_command(self.workdir), f"{self.url}/v2/models/{self.model_name}/ready",
                          self.workdir / "mlserver.log", env={**os.environ, **(env or {})}, name="mlserver")
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    @property
-    def grpc_address(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-    def start(self, timeout: Optional[float] = 120.0) -> "MLServerProcess":
+    def wait_ready(self, timeout: Optional[float] = 120.0) -> "MLServerProcess":
         try:
-            return super().start(timeout)
+            return super().wait_ready(timeout)
         except RuntimeError as exc:
             raise RuntimeError(f"{exc}\nlog:\n{self.log()[-3000:]}") from None
 
 
-def tree_rss_mb(pid: int) -> float:
-    """RSS in MB of a process and all its descendants, from /proc (Linux)."""
+def process_tree(pid: int) -> tuple:
+    """(RSS in MB, number of processes) of a process and all its descendants, from /proc (Linux)."""
     children = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -184,15 +192,21 @@ def tree_rss_mb(pid: int) -> float:
             except (OSError, IndexError, ValueError):
                 continue
             children.setdefault(parent, []).append(int(entry.name))
-    total, todo = 0, [pid]
+    total, count, todo = 0, 0, [pid]
     while todo:
         current = todo.pop()
         try:
             total += int(Path(f"/proc/{current}/status").read_text().split("VmRSS:")[1].split()[0])
+            count += 1
         except (OSError, IndexError):
             pass
         todo += children.get(current, [])
-    return total / 1024
+    return total / 1024, count
+
+
+def tree_rss_mb(pid: int) -> float:
+    """RSS in MB of a process and all its descendants, from /proc (Linux)."""
+    return process_tree(pid)[0]
 
 
 class PeakRss:
