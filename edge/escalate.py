@@ -19,7 +19,7 @@ from typing import List, Optional
 
 import numpy as np
 from mlserver.codecs import NumpyCodec, StringCodec
-from mlserver.types import InferenceRequest, InferenceResponse, MetadataTensor, ResponseOutput
+from mlserver.types import InferenceRequest, MetadataTensor, ResponseOutput
 from prometheus_client import REGISTRY, Counter, Histogram
 
 from cassava.shared.client.routing import Breaker
@@ -155,6 +155,20 @@ class Escalation:
                                                            self.transport.base_url))
         _metrics()
 
+    def rebind(self, settings: EscalationSettings, spec: ModelSpec) -> None:
+        """A new model version (store swap): its threshold and spec from now on; the cloud checked against it again
+        (blocking: run off the event loop). A cloud that no longer fits stops escalation, loudly."""
+        self.settings, self.spec, self._checked = settings, spec, False
+        try:
+            self._check()
+        except Unavailable:
+            pass  # checked when a probe finds the cloud again
+        except CassavaError as exc:
+            self._refused = str(exc)
+            log.error("escalation stopped: %s", exc)
+        else:
+            self._refused = None
+
     def _check(self) -> None:
         if not self._checked:
             check_cloud(self.transport.metadata(), self.spec, self.transport.base_url)
@@ -178,7 +192,7 @@ class Escalation:
         hard = is_hard(probabilities, self.settings.below)
         answered_by = np.where(hard, PROVISIONAL, EDGE).astype(object)
         if hard.any():
-            if not self.breaker.up:
+            if self._refused or not self.breaker.up:
                 self._probe_later()
             else:
                 cloud = await self._ask(x[hard])
@@ -211,6 +225,11 @@ class Escalation:
         except TransportError as exc:  # Rejected: the cloud refused these images; the edge's answer stands
             log.warning("escalation: the cloud refused %d image(s): %s", len(x), exc)
             answer = None
+        except Exception as exc:  # a cloud answering nonsense must not fail the edge's request either
+            if self.breaker.failed():
+                log.warning("escalation: the cloud at %s answered unusably (%s: %s); provisional edge answers until "
+                            "a probe finds it again", self.transport.base_url, type(exc).__name__, exc)
+            answer = None
         outcome = "answered" if answer is not None else "failed"
         _metrics()["seconds"].labels(self.model_name, outcome).observe(time.monotonic() - started)
         return answer
@@ -238,12 +257,7 @@ def answered_by_metadata() -> MetadataTensor:
     return MetadataTensor(name=ANSWERED_BY, datatype="BYTES", shape=[-1])
 
 
-def add_answered_by(response: InferenceResponse, answered_by: List[str],
-                    request: InferenceRequest) -> InferenceResponse:
-    """Append `answered_by` to the response, unless the request named outputs without it."""
-    wanted = [o.name for o in request.outputs] if request.outputs else None
-    if wanted is None or ANSWERED_BY in wanted:
-        output: ResponseOutput = StringCodec.encode_output(ANSWERED_BY, answered_by)
-        output.shape = [len(answered_by)]
-        response.outputs.append(output)
-    return response
+def answered_by_output(answered_by: List[str]) -> ResponseOutput:
+    output: ResponseOutput = StringCodec.encode_output(ANSWERED_BY, answered_by)
+    output.shape = [len(answered_by)]
+    return output

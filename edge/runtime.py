@@ -7,7 +7,7 @@ from mlserver.types import InferenceRequest, InferenceResponse, MetadataModelRes
 
 from cassava.shared.server.runtime import ImageClassifierRuntime
 
-from .escalate import Escalation, EscalationSettings, add_answered_by, answered_by_metadata
+from .escalate import ANSWERED_BY, Escalation, EscalationSettings, answered_by_metadata, answered_by_output
 from .interpreter import load_tflite_classifier
 
 
@@ -30,15 +30,26 @@ class EdgeRuntime(ImageClassifierRuntime):
         if settings is not None:
             self.escalation = Escalation(settings, self.classifier.spec, self.name)
             await asyncio.to_thread(self.escalation.start)
-            self.outputs = [*self.outputs, answered_by_metadata()]
+            self.outputs = self.declared_outputs(self.classifier.spec)
         return ready
+
+    def declared_outputs(self, spec) -> list:
+        outputs = super().declared_outputs(spec)
+        return [*outputs, answered_by_metadata()] if self.escalation is not None else outputs
+
+    async def swapped(self, spec) -> None:
+        """A new store version: its own threshold (unless --escalate-below fixed one) and a cloud check."""
+        if self.escalation is not None:
+            settings = EscalationSettings.from_extra(self._extra(), spec)
+            await asyncio.to_thread(self.escalation.rebind, settings, spec)
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
         if self.escalation is None:
             return await super().predict(payload)
-        x = await asyncio.to_thread(self.decode, self.validate(payload))
-        probabilities, answered_by = await self.escalation.settle(x, await self.batch(x))
-        return add_answered_by(self.encode(probabilities, payload), answered_by, payload)
+        serving = self._serving  # one version answers the whole request (see the shared runtime)
+        x = await self.decode(self.validate(payload, serving), serving)
+        probabilities, answered_by = await self.escalation.settle(x, await self.batch(x, serving))
+        return self.encode(probabilities, payload, serving, more={ANSWERED_BY: answered_by_output(answered_by)})
 
     async def metadata(self) -> MetadataModelResponse:
         metadata = await super().metadata()

@@ -15,23 +15,38 @@ import contextlib
 import logging
 import os
 import sys
+import threading
+
+_silenced_lock = threading.Lock()
+_silenced = {"depth": 0, "saved": None}
 
 
 @contextlib.contextmanager
 def native_stderr_silenced(enabled: bool = True):
-    """Send fd 2 to /dev/null meanwhile; what goes wrong still arrives as a Python exception."""
+    """Send fd 2 to /dev/null meanwhile; what goes wrong still arrives as a Python exception. Thread-safe: fd 2 is
+    the process's, so overlapping uses (a server's model-store watcher loading a version while a request logs) share
+    one redirect, restored when the last one ends; keep the wrapped calls short (other threads' lines are lost then).
+    """
     if not enabled:
         yield
         return
-    sys.stderr.flush()
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
+    with _silenced_lock:
+        if _silenced["depth"] == 0:
+            sys.stderr.flush()
+            saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 2)
+            os.close(devnull)
+            _silenced["saved"] = saved
+        _silenced["depth"] += 1
     try:
         yield
     finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+        with _silenced_lock:
+            _silenced["depth"] -= 1
+            if _silenced["depth"] == 0:
+                os.dup2(_silenced["saved"], 2)
+                os.close(_silenced["saved"])
+                _silenced["saved"] = None
 
 
 def debugging() -> bool:

@@ -158,6 +158,22 @@ def test_hard_images_are_answered_by_the_cloud_the_rest_by_the_edge(edge, cloud,
     assert (probabilities[hard].argmax(1) == cloud_probabilities.argmax(1)).all()
 
 
+def test_answered_by_can_be_requested_alone_or_in_any_order(edge, images, threshold):
+    """OIP's requested outputs cover the edge's own output too: only what was asked, in the request's order."""
+    pixels = images[0]
+    hard = _hard(images, threshold)
+    data = pixels.ravel().tolist()
+    tensor = {"name": "pixels", "datatype": "UINT8", "shape": list(pixels.shape), "data": data}
+    for asked in (["answered_by"], ["answered_by", "labels"], ["labels", "answered_by", "class_ids"]):
+        reply = httpx.post(f"{edge.url}/v2/models/cassava/infer", timeout=60,
+                           json={"inputs": [tensor], "outputs": [{"name": name} for name in asked]})
+        assert reply.status_code == 200, reply.text[:300]
+        outputs = reply.json()["outputs"]
+        assert [o["name"] for o in outputs] == asked
+        answered_by = next(o["data"] for o in outputs if o["name"] == "answered_by")
+        assert answered_by == ["cloud" if h else "edge" for h in hard]
+
+
 def test_a_batch_of_confident_images_never_reaches_the_cloud(edge, images, threshold):
     pixels, photos, _ = images
     confident = ~_hard(images, threshold)

@@ -221,19 +221,22 @@ def request_to_model_input(request: InferenceRequest, spec: ModelSpec,
 OUTPUTS = (CLASS_IDS, PROBABILITIES, LABELS)
 
 
-def requested_outputs(request: InferenceRequest) -> Sequence[str]:
-    """The output names a request asks for, in its order (all three when it names none). OIP: a server returns only
-    the requested outputs; an unknown name is the client's mistake (400), not silently dropped."""
+def requested_outputs(request: InferenceRequest, available: Sequence[str] = OUTPUTS) -> Sequence[str]:
+    """The output names a request asks for, in its order (all of `available`, the model's declared outputs, when it
+    names none). OIP: a server returns only the requested outputs; an unknown name is the client's mistake (400),
+    not silently dropped."""
     names = [o.name for o in request.outputs or []]
-    unknown = [name for name in names if name not in OUTPUTS]
+    unknown = [name for name in names if name not in available]
     if unknown:
-        raise BadRequest(f"unknown output {unknown[0]!r}: this model has outputs {', '.join(OUTPUTS)}")
-    return list(dict.fromkeys(names)) or list(OUTPUTS)
+        raise BadRequest(f"unknown output {unknown[0]!r}: this model has outputs {', '.join(available)}")
+    return list(dict.fromkeys(names)) or list(available)
 
 
 def build_response(model_name: str, model_version: Optional[str], probabilities: np.ndarray, spec: ModelSpec,
-                   request_id: Optional[str] = None, outputs: Sequence[str] = OUTPUTS) -> InferenceResponse:
-    """`outputs`: the names to answer with, in that order (requested_outputs)."""
+                   request_id: Optional[str] = None, outputs: Sequence[str] = OUTPUTS,
+                   more: Optional[dict] = None) -> InferenceResponse:
+    """`outputs`: the names to answer with, in that order (requested_outputs); `more`: outputs a runtime adds
+    beyond the three ({name: ResponseOutput}, e.g. the edge's `answered_by`), placed where `outputs` names them."""
     probabilities = np.asarray(probabilities, dtype=np.float32)
     class_ids = probabilities.argmax(axis=1).astype(np.int64)
     encoded = {}
@@ -245,6 +248,7 @@ def build_response(model_name: str, model_version: Optional[str], probabilities:
     if LABELS in outputs:
         encoded[LABELS] = StringCodec.encode_output(LABELS, [spec.class_names[i] for i in class_ids])
         encoded[LABELS].shape = [len(class_ids)]
+    encoded.update(more or {})
     response_outputs: List[ResponseOutput] = [encoded[name] for name in outputs]
     return InferenceResponse(model_name=model_name, model_version=model_version, id=request_id,
                              outputs=response_outputs)

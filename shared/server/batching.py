@@ -35,6 +35,8 @@ class MicroBatcher:
         self._pending = 0  # requests given to predict() and not yet answered
 
     async def predict(self, x: np.ndarray) -> np.ndarray:
+        if not isinstance(x, np.ndarray) or x.ndim < 1:  # checked here: a bad item in the queue would stall a batch
+            raise TypeError(f"MicroBatcher.predict takes a batch array, got {type(x).__name__}")
         self._pending += 1  # before any await: a swap that follows sees this request as in flight
         try:
             future = asyncio.get_running_loop().create_future()

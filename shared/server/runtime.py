@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from typing import NamedTuple, Optional
 
 import grpc
 import numpy as np
@@ -64,8 +65,21 @@ def _metrics():
     return _METRICS
 
 
+class Serving(NamedTuple):
+    """The model version that answers a request: taken once when the request arrives, so a store swap in between
+    never mixes two versions in one answer (their classifier, micro-batcher and version name)."""
+    classifier: Classifier
+    batcher: MicroBatcher
+    version: Optional[str]
+
+
 class ImageClassifierRuntime(MLModel):
     tier = "?"
+    _serving: Optional[Serving] = None
+
+    @property
+    def classifier(self) -> Classifier:
+        return self._serving.classifier
 
     def load_classifier(self, uri: str, extra: dict) -> Classifier:
         raise NotImplementedError
@@ -98,10 +112,14 @@ class ImageClassifierRuntime(MLModel):
 
     async def load(self) -> bool:
         try:
-            return await self._load()
+            ready = await self._load()
         except Exception as exc:
             report_load_failure(exc)
+            await self.unload()  # MLServer does not unload a model that failed to load: stop what did start
             raise
+        if self._store:
+            self._store.start(self._swap)  # only once the whole model (a tier's additions too) is ready
+        return ready
 
     async def _load(self) -> bool:
         rest.check_in_force()  # fail closed: no model, no server, if MLServer's REST app lacks the body limit
@@ -109,21 +127,23 @@ class ImageClassifierRuntime(MLModel):
         extra = self._extra()
         uri = await self._model_uri()
         if is_store(uri):
-            self.classifier = await self._open_store(uri, extra)
+            classifier, version = await self._open_store(uri, extra)
         else:
-            self.classifier = await asyncio.to_thread(self.load_classifier, uri, extra)
-        spec = self.classifier.spec
+            classifier, version = await asyncio.to_thread(self.load_classifier, uri, extra), self.version
+        spec = classifier.spec
         self.max_request_images = int(extra.get("max_request_images", DEFAULT_MAX_REQUEST_IMAGES))
         self.decoder = PhotoDecoder.from_extra(extra)  # pixel limits and the decode budget (budget.py)
         keep_large_blocks_in_mmap()
+        self._serving = Serving(classifier, self._new_batcher(classifier, extra), version)
         self.inputs = metadata_inputs(spec)
-        self.outputs = metadata_outputs(spec)
-        self._batcher = self._new_batcher(self.classifier, extra)
+        self.outputs = self.declared_outputs(spec)
         log.info("model %s ready on the %s tier: %s, %dx%d input, classes %s", self.name, self.tier, spec.title,
                  spec.input_size, spec.input_size, ",".join(spec.class_names))
-        if self._store:
-            self._store.start(self._swap)
         return True
+
+    def declared_outputs(self, spec) -> list:
+        """The outputs the model's metadata declares (a tier may add its own: the edge's `answered_by`)."""
+        return metadata_outputs(spec)
 
     def _new_batcher(self, classifier, extra: dict) -> MicroBatcher:
         return MicroBatcher(
@@ -136,29 +156,36 @@ class ImageClassifierRuntime(MLModel):
         )
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
-        request_input = self.validate(payload)
+        serving = self._serving  # one version answers the whole request, whatever a store swap does meanwhile
+        request_input = self.validate(payload, serving)
         # Photos are decoded and resized off the event loop (a large JPEG takes milliseconds), within the pixel budget.
-        x = await self.decode(request_input)
-        probabilities = await self.batch(x)
-        return self.encode(probabilities, payload)
+        x = await self.decode(request_input, serving)
+        probabilities = await self.batch(x, serving)
+        return self.encode(probabilities, payload, serving)
 
-    def validate(self, payload: InferenceRequest):
+    def validate(self, payload: InferenceRequest, serving: Serving):
         """-> the request's one image input, its envelope checked (BadRequest: 4xx with a message)."""
-        requested_outputs(payload)  # an unknown output name fails before any image is decoded
-        return check_request(payload, self.classifier.spec, self.max_request_images)
+        requested_outputs(payload, self.output_names)  # an unknown output name fails before any image is decoded
+        return check_request(payload, serving.classifier.spec, self.max_request_images)
 
-    async def decode(self, request_input) -> np.ndarray:
+    @property
+    def output_names(self) -> list:
+        return [output.name for output in self.outputs]
+
+    async def decode(self, request_input, serving: Serving) -> np.ndarray:
         """-> float32 [N, H, W, 3] in the model's pixel range, values checked (decoding.py)."""
-        return await self.decoder.decode(request_input, self.classifier.spec)
+        return await self.decoder.decode(request_input, serving.classifier.spec)
 
-    async def batch(self, x: np.ndarray) -> np.ndarray:
+    async def batch(self, x: np.ndarray, serving: Serving) -> np.ndarray:
         """Probabilities for `x`, computed in a micro-batch with other requests' images (the predict stage)."""
-        return await self._batcher.predict(x)
+        return await serving.batcher.predict(x)
 
-    def encode(self, probabilities: np.ndarray, payload: InferenceRequest) -> InferenceResponse:
-        spec = self.classifier.spec
-        response = build_response(self.name, self.serving_version, probabilities, spec, payload.id,
-                                  outputs=requested_outputs(payload))
+    def encode(self, probabilities: np.ndarray, payload: InferenceRequest, serving: Serving,
+               more: Optional[dict] = None) -> InferenceResponse:
+        """`more`: outputs a tier adds ({name: ResponseOutput}), answered where the request's outputs put them."""
+        spec = serving.classifier.spec
+        response = build_response(self.name, serving.version, probabilities, spec, payload.id,
+                                  outputs=requested_outputs(payload, self.output_names), more=more)
         for class_id in probabilities.argmax(axis=1):
             _metrics()["predictions"].labels(self.name, self.tier, spec.class_names[class_id]).inc()
         return response
@@ -180,8 +207,8 @@ class ImageClassifierRuntime(MLModel):
     async def unload(self) -> bool:
         if self._store:
             self._store.stop()
-        if getattr(self, "_batcher", None):
-            self._batcher.close()
+        if self._serving:
+            self._serving.batcher.close()
         if getattr(self, "decoder", None):
             self.decoder.close()
         return True
@@ -195,11 +222,11 @@ class ImageClassifierRuntime(MLModel):
 
     @property
     def serving_version(self):
-        """The store version serving (a string, as V2 has it), or the settings' version for a plain model folder."""
-        return str(self._store.serving) if self._store and self._store.serving is not None else self.version
+        """The version answering new requests: the store's (a string, as V2 has it), or the settings' version."""
+        return self._serving.version if self._serving else self.version
 
     async def _open_store(self, uri: str, extra: dict):
-        """-> the classifier of the store's highest verified version; the watcher starts once the model is ready."""
+        """-> (the classifier of the store's highest verified version, its name); the watcher starts after load."""
         self._store = StoreWatcher(uri, lambda folder: self.load_classifier(str(folder), extra),
                                    interval=float(extra.get("store_interval_s", WATCH_INTERVAL_S)),
                                    allow_spec_change=bool(extra.get("allow_spec_change", False)),
@@ -207,21 +234,24 @@ class ImageClassifierRuntime(MLModel):
         version, classifier = await asyncio.to_thread(self._store.first)
         self._store.served(version, classifier.spec)
         self._settings.versions = [str(version)]  # metadata's `versions`
-        return classifier
+        return classifier, str(version)
 
     async def _swap(self, version: int, classifier) -> None:
         """A verified version takes new requests; the old one's micro-batcher closes when its requests are answered
         (the old classifier is freed with the last reference to it)."""
-        old_batcher, old_version = self._batcher, self._store.serving
-        new_batcher = self._new_batcher(classifier, self._extra())
-        self.classifier, self._batcher = classifier, new_batcher  # no await in between: one request sees one model
-        self.inputs, self.outputs = metadata_inputs(classifier.spec), metadata_outputs(classifier.spec)
+        old = self._serving
+        await self.swapped(classifier.spec)  # a tier's own state for the new spec, before any request sees it
+        self._serving = Serving(classifier, self._new_batcher(classifier, self._extra()), str(version))
+        self.inputs, self.outputs = metadata_inputs(classifier.spec), self.declared_outputs(classifier.spec)
         self._store.served(version, classifier.spec)
         self._settings.versions = [str(version)]
-        log.info("model %s: store version %s serves now (was %s)", self.name, version, old_version)
-        if not await old_batcher.drain():
-            log.warning("model %s: version %s still had requests after 120 s; closing it", self.name, old_version)
-        old_batcher.close()
+        log.info("model %s: store version %s serves now (was %s)", self.name, version, old.version)
+        if not await old.batcher.drain():
+            log.warning("model %s: version %s still had requests after 120 s; closing it", self.name, old.version)
+        old.batcher.close()
+
+    async def swapped(self, spec) -> None:
+        """Called before a new store version takes requests (the edge re-reads its escalation threshold)."""
 
     def _store_parameters(self) -> dict:
         if not self._store:
