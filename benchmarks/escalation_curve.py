@@ -20,6 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _servers import REPO  # noqa: E402
 
+from cassava.shared.spec import TFLITE_FILE  # noqa: E402
+
 REAL_MODEL = REPO.parent / "shared" / "models" / "cassava-cnn-256" / "saved_model"
 PHOTOS = REPO.parent / "shared" / "data" / "cassava-more"
 CLASSES = "cbb,cbsd,cgm,cmd,healthy"
@@ -62,7 +64,7 @@ def main() -> int:
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         int8_dir = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tmp) / "int8"
-        if not (int8_dir / "model.tflite").is_file():
+        if not (int8_dir / TFLITE_FILE).is_file():
             convert(int8_dir)
         halves, quarters = predictions(int8_dir)
     agreed = {h: tf.argmax(1) == edge.argmax(1) for h, (tf, edge) in halves.items()}

@@ -33,11 +33,11 @@ import numpy as np
 
 from .errors import CassavaError
 from .preprocess import to_model_input
-from .spec import TFLITE_FILE
+from .spec import REPORT_FILE, TFLITE_FILE
+from .tiers import tier_for_model
 
 MANIFEST_FILE = "cassava-manifest.json"
 SELFCHECK_FILE = "cassava-selfcheck.npz"
-REPORT_FILE = "conversion-report.json"  # written by `cassava convert` (edge/convert.py)
 SELFCHECK_IMAGES = 4
 CANDIDATE_IMAGES = 32
 # The copy's answers may differ from the source's (int8 rounding): allowed is what was measured at conversion plus
@@ -55,14 +55,8 @@ class Refusal:
 
 
 def default_loader(folder: Path):
-    """A converted TFLite folder loads with the edge interpreter, anything else as a SavedModel (TensorFlow)."""
-    if (Path(folder) / TFLITE_FILE).is_file():
-        from cassava.edge.interpreter import load_tflite_classifier
-
-        return load_tflite_classifier(folder)
-    from cassava.cloud.model import load_tf_classifier
-
-    return load_tf_classifier(str(folder))
+    """A converted TFLite folder loads on the edge's interpreter, anything else as a SavedModel (the tier registry)."""
+    return tier_for_model(str(folder)).load_classifier(str(folder))
 
 
 def _hashed_files(folder: Path):
@@ -122,7 +116,14 @@ def read_manifest(folder) -> Optional[dict]:
         return None
     try:
         manifest = json.loads(path.read_text())
-        manifest["files"].items()
+        files = manifest["files"]
+        for name, entry in files.items():
+            # each entry a file of this folder, with its size and hash: a name that climbs out is not ours to read
+            if Path(name).is_absolute() or ".." in Path(name).parts:
+                raise ValueError(f"{name!r} is outside the model folder")
+            if not (isinstance(entry, dict) and isinstance(entry.get("bytes"), int)
+                    and isinstance(entry.get("sha256"), str)):
+                raise ValueError(f"{name!r} needs bytes and sha256")
         return manifest
     except (ValueError, KeyError, AttributeError, TypeError) as exc:
         raise CassavaError(f"{path}: not a valid manifest ({exc})") from None

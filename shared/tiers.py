@@ -80,6 +80,7 @@ def tier_for_model(model: str) -> TierInfo:
 TOOLS = {
     "convert": ("edge", "cassava.edge.convert.command:convert_argv"),  # `cassava convert ARGV` as a function
     "resolve_model_path": ("cloud", "cassava.cloud.model:resolve_model_path"),  # MODEL -> its SavedModel folder
+    "escalation_preflight": ("edge", "cassava.edge.escalate:preflight"),  # `serve edge --escalate-to` checks
 }
 
 

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 from cassava.shared.arguments import add_model_spec_arguments
+from cassava.shared.manifest import MANIFEST_FILE, SELFCHECK_FILE
 from cassava.shared.spec import REPORT_FILE, SPEC_FILE, TFLITE_FILE
 
 from .options import IO_TYPES, MIN_AGREEMENT, MODES, ConvertOptions
@@ -72,7 +73,9 @@ def run(args) -> int:
     if selective and not selective["met"]:
         print(f"warning: no copy tried reaches --target-agreement {options.target_agreement:.1%}; wrote the best one "
               f"({selective['chosen']}, {agreement_text(verification)})", file=sys.stderr)
-    print(f"wrote {args.out / TFLITE_FILE}, {args.out / SPEC_FILE} and {args.out / REPORT_FILE}")
+    written = [args.out / name for name in (TFLITE_FILE, SPEC_FILE, REPORT_FILE, MANIFEST_FILE, SELFCHECK_FILE)
+               if (args.out / name).is_file()]
+    print(f"wrote {', '.join(map(str, written[:-1]))} and {written[-1]}")
     return 0
 
 

@@ -66,7 +66,8 @@ def convert(model: str, out: Path, options: Optional[ConvertOptions] = None,
     tf = import_tensorflow()
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / LOG_FILE
-    for stale in (log_path, out / REPORT_FILE):  # a report or log left from an earlier run would describe another model
+    # a report, log or device manifest left from an earlier run would describe another model
+    for stale in (log_path, out / REPORT_FILE, out / MANIFEST_FILE, out / SELFCHECK_FILE):
         stale.unlink(missing_ok=True)
     if options.select_tf_ops:
         notify("warning: --select-tf-ops: TensorFlow ops may be kept in the model; the edge then needs the Flex "

@@ -41,6 +41,7 @@ from .batching import MicroBatcher
 from .decoding import PhotoDecoder, keep_large_blocks_in_mmap
 from .process import LOAD_FAILURE_ENV
 from .store import WATCH_INTERVAL_S, StoreWatcher, is_store
+from .store import metrics as store_metrics
 
 log = logging.getLogger("cassava.runtime")
 
@@ -130,6 +131,7 @@ class ImageClassifierRuntime(MLModel):
             classifier, version = await self._open_store(uri, extra)
         else:
             classifier, version = await asyncio.to_thread(self.load_classifier, uri, extra), self.version
+            store_metrics()["version"].labels(self.name, self.tier).set(0)  # 0: not from a store
         spec = classifier.spec
         self.max_request_images = int(extra.get("max_request_images", DEFAULT_MAX_REQUEST_IMAGES))
         self.decoder = PhotoDecoder.from_extra(extra)  # pixel limits and the decode budget (budget.py)
@@ -198,7 +200,8 @@ class ImageClassifierRuntime(MLModel):
         current = metadata.parameters.model_dump(exclude_none=True) if metadata.parameters else {}
         metadata.parameters = Parameters(**current, description=spec.title, class_names=",".join(spec.class_names),
                                          input_scale=f"{spec.input_scale:g}", standin=str(spec.standin).lower(),
-                                         tier=self.tier, **self._store_parameters())
+                                         tier=self.tier, max_image_pixels=str(self.decoder.limits.image),
+                                         **self._store_parameters())
         version = self.serving_version
         if version and version not in (metadata.versions or []):
             metadata.versions = [*(metadata.versions or []), version]  # what answers carry as model_version

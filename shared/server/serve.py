@@ -23,7 +23,7 @@ from ..cache import STANDIN_VERSION
 from ..errors import CassavaError
 from ..native import native_stderr_silenced
 from ..spec import CROPNET_HANDLE, is_model_path, model_kind
-from ..tiers import TIERS
+from ..tiers import TIERS, tool
 from .page import PAGE_ENV
 from .store import MAX_INTERVAL_S, WATCH_INTERVAL_S, StoreWatcher, is_store
 from .supervise import model_line, serve  # noqa: F401 (serve: the supervisor, also used by tests)
@@ -228,9 +228,7 @@ def escalation_flags(args, tier: str) -> dict:
 
 
 def _preflight_escalation(given: dict, spec) -> dict:
-    from cassava.edge.escalate import preflight
-
-    return preflight(given, spec)
+    return tool("escalation_preflight")(given, spec)
 
 
 # ---------------------------------------------------------------- the run dir

@@ -23,6 +23,7 @@ from prometheus_client import REGISTRY, Counter, Gauge
 
 from ..errors import CassavaError
 from ..manifest import Refusal, load_verified
+from ..spec import TFLITE_FILE
 
 log = logging.getLogger("cassava.store")
 
@@ -55,7 +56,7 @@ def versions(store) -> List[int]:
 def is_store(path) -> bool:
     """A folder that is not itself a model and holds at least one numbered version folder."""
     path = Path(path)
-    return path.is_dir() and not (path / "model.tflite").exists() and not (path / "saved_model.pb").exists() \
+    return path.is_dir() and not (path / TFLITE_FILE).exists() and not (path / "saved_model.pb").exists() \
         and bool(versions(path))
 
 

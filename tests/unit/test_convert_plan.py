@@ -1,4 +1,4 @@
-"""`cassava convert`'s decisions before TensorFlow loads (edge/convert.py): argument contradictions, which images
+"""`cassava convert`'s decisions before TensorFlow loads (edge/convert/): argument contradictions, which images
 calibrate and which verify, the converter's failure text turned into one line, and when a copy is refused."""
 from __future__ import annotations
 
