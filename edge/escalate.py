@@ -26,14 +26,13 @@ from cassava.shared.client.routing import Breaker
 from cassava.shared.errors import CassavaError
 from cassava.shared.escalation import is_hard
 from cassava.shared.preprocess import to_model_input
-from cassava.shared.protocol import FLOAT_INPUT
+from cassava.shared.protocol import ANSWERED_BY, FLOAT_INPUT
 from cassava.shared.protocol.transport import HttpTransport, ModelInfo, Rejected, TransportError, Unavailable
 from cassava.shared.protocol.v2 import build_request, decode_response
 from cassava.shared.spec import ModelSpec
 
 log = logging.getLogger("cassava.escalate")
 
-ANSWERED_BY = "answered_by"
 EDGE, CLOUD, PROVISIONAL = "edge", "cloud", "edge-provisional"
 CLOUD_MODEL = "cassava"  # the cloud tier's model name, direct or through the Seldon ingress
 # Short, so that a hard image waits at most this long for a cloud that has gone quiet; the breaker then stops asking.

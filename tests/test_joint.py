@@ -167,6 +167,23 @@ def test_a_batch_of_confident_images_never_reaches_the_cloud(edge, images, thres
     assert _metric(edge, "cassava_escalation_seconds_count") == before
 
 
+def test_predict_records_who_answered_each_image_and_counts_the_cloud_settled_ones(edge, images, threshold, tmp_path):
+    import csv
+
+    from PIL import Image
+
+    out = {kind: tmp_path / f"records.{kind}" for kind in ("json", "csv", "png")}
+    result = run_cli("predict", "--edge", edge.url, "--data", "standin", "-n", N, "--batch-size", 5, "--quiet",
+                     "--json", out["json"], "--csv", out["csv"], "--plot", out["png"], timeout=300)
+    assert result.returncode == 0, result.stderr
+    expected = ["cloud" if hard else "edge" for hard in _hard(images, threshold)]
+    assert [r["answered_by"] for r in json.loads(out["json"].read_text())] == expected
+    with open(out["csv"]) as handle:
+        assert [row["answered_by"] for row in csv.DictReader(handle)] == expected
+    assert f"{N} images classified" in result.stdout and "; 6 settled by the cloud" in result.stdout
+    assert Image.open(out["png"]).size[0] > 0
+
+
 def test_prometheus_counts_images_by_who_answered_and_escalation_latency(edge, images, threshold):
     pixels, photos, _ = images
     hard = int(_hard(images, threshold).sum())
