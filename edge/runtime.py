@@ -7,7 +7,7 @@ from mlserver.types import InferenceRequest, InferenceResponse, MetadataModelRes
 
 from cassava.shared.server.runtime import ImageClassifierRuntime
 
-from .escalate import Escalation, EscalationSettings, add_answered_by, answered_by_metadata
+from .escalate import Escalation, EscalationSettings, add_answered_by, answered_by_metadata, original_photos
 from .interpreter import load_tflite_classifier
 
 
@@ -36,8 +36,9 @@ class EdgeRuntime(ImageClassifierRuntime):
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
         if self.escalation is None:
             return await super().predict(payload)
-        x = await asyncio.to_thread(self.decode, self.validate(payload))
-        probabilities, answered_by = await self.escalation.settle(x, await self.batch(x))
+        request_input = self.validate(payload)
+        x, originals = await asyncio.to_thread(lambda: (self.decode(request_input), original_photos(request_input)))
+        probabilities, answered_by = await self.escalation.settle(x, await self.batch(x), originals)
         return add_answered_by(self.encode(probabilities, payload), answered_by, payload)
 
     async def metadata(self) -> MetadataModelResponse:
@@ -45,7 +46,8 @@ class EdgeRuntime(ImageClassifierRuntime):
         if self.escalation is not None:  # strings, as the shared runtime's parameters (gRPC parameters are scalars)
             settings = self.escalation.settings
             metadata.parameters = Parameters(**metadata.parameters.model_dump(exclude_none=True),
-                                             escalate_to=settings.url, escalate_below=f"{settings.below:g}")
+                                             escalate_to=settings.url, escalate_below=f"{settings.below:g}",
+                                             audit_rate=f"{settings.audit_rate:g}")
         return metadata
 
     async def unload(self) -> bool:

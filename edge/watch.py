@@ -29,12 +29,9 @@ import numpy as np
 
 from cassava.shared.data import IMAGE_SUFFIXES
 from cassava.shared.errors import BadImage, CassavaError
+from cassava.shared.escalation import DEFAULT_AUDIT_RATE
 
 TOP_K = 3
-# Audit 2% of the confident photos: with a stored threshold escalating up to ~10% of photos (README "Joint
-# inference"), that adds ~2% of traffic, and at 100 photos a day gives ~60 audits a month: enough to see the edge's
-# agreement on confident photos fall from ~99% to 90% (6 disagreements where ~0.6 are expected), a drift worth a look.
-DEFAULT_AUDIT_RATE = 0.02
 
 
 def add_arguments(parser):
