@@ -39,6 +39,8 @@ MODULES = (
     ("bench_images", "container image sizes, edge process tree RSS (native) and edge container memory (qemu)"),
     ("bench_standin", "the stand-in's first build (fresh process, empty cache): fast ÷ v1 recipe time, accuracy"),
     ("bench_page", "the phone page's scaling in chromium: same answer as the API for the original photo, bytes sent"),
+    ("bench_joint", "real model: the edge escalating hard photos to the cloud on cassava-more's held-out half "
+                    "(agreement with TF, fraction escalated, edge-answered latency, bytes per escalation)"),
 )
 
 
