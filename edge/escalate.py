@@ -15,7 +15,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import numpy as np
 from mlserver.codecs import NumpyCodec, StringCodec
@@ -198,17 +198,20 @@ class Escalation:
             return False
         return True
 
-    async def settle(self, x: np.ndarray, probabilities: np.ndarray, originals: Optional[List[bytes]] = None):
+    async def settle(self, x: np.ndarray, probabilities: np.ndarray,
+                     originals: Optional[Callable[[], Optional[List[bytes]]]] = None):
         """The edge's answers for a batch -> (the answering tier's probabilities, answered_by per image).
-        `originals`: the request's photo files, when it sent photos (the smaller exact form goes to the cloud)."""
+        `originals()`: the request's photo files, when it sent photos (the smaller exact form goes to the cloud);
+        called only when something goes, so a confident batch pays nothing for it."""
         hard = is_hard(probabilities, self.settings.below)
         answered_by = np.where(hard, PROVISIONAL, EDGE).astype(object)
-        self._audit_some(x, probabilities, ~hard, originals)
+        files = _Lazy(originals)
+        self._audit_some(x, probabilities, ~hard, files)
         if hard.any():
             if not self.breaker.up:
                 self._probe_later()
             else:
-                cloud = await self._ask(x[hard], _subset(originals, hard))
+                cloud = await self._ask(x[hard], _subset(await files.get(), hard))
                 if cloud is not None:
                     probabilities = probabilities.copy()
                     probabilities[hard] = cloud
@@ -234,7 +237,7 @@ class Escalation:
         edge_classes = probabilities[chosen].argmax(axis=1)
 
         async def audit():
-            cloud = await self._ask(x[chosen], _subset(originals, chosen))
+            cloud = await self._ask(x[chosen], _subset(await originals.get(), chosen))
             if cloud is not None:
                 agreed = int(np.sum(cloud.argmax(axis=1) == edge_classes))
                 counter = _metrics()["audited"]
@@ -297,6 +300,18 @@ class Escalation:
 
     def close(self) -> None:
         self.transport.close()
+
+
+class _Lazy:
+    """The request's photo files, decoded (off the event loop) the first time something needs them."""
+
+    def __init__(self, make: Optional[Callable[[], Optional[List[bytes]]]]):
+        self.make, self.done, self.value = make, make is None, None
+
+    async def get(self) -> Optional[List[bytes]]:
+        if not self.done:
+            self.value, self.done = await asyncio.to_thread(self.make), True
+        return self.value
 
 
 def _subset(originals: Optional[List[bytes]], mask: np.ndarray) -> Optional[List[bytes]]:

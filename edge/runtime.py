@@ -37,8 +37,9 @@ class EdgeRuntime(ImageClassifierRuntime):
         if self.escalation is None:
             return await super().predict(payload)
         request_input = self.validate(payload)
-        x, originals = await asyncio.to_thread(lambda: (self.decode(request_input), original_photos(request_input)))
-        probabilities, answered_by = await self.escalation.settle(x, await self.batch(x), originals)
+        x = await asyncio.to_thread(self.decode, request_input)
+        probabilities, answered_by = await self.escalation.settle(x, await self.batch(x),
+                                                                  lambda: original_photos(request_input))
         return add_answered_by(self.encode(probabilities, payload), answered_by, payload)
 
     async def metadata(self) -> MetadataModelResponse:
