@@ -351,6 +351,7 @@ def test_tensorflow_only_op_needs_select_tf_ops(conversions, odd_models, standin
      "--target-agreement applies to --quantize int8"),
     (("--model", "standin", "--target-agreement", "0.99", "--io", "uint8"), "--target-agreement writes float32 I/O"),
     (("--model", "standin", "--target-agreement", "99"), "--target-agreement is a fraction"),
+    (("--model", "standin", "--escalation-target", "99.5"), "--escalation-target is a fraction"),
     (("--model", "standin", "--quantize", "dynamic", "--io", "uint8"), "--io uint8 needs --quantize int8"),
     (("--model", "standin", "--quantize", "none", "--allow-float-fallback"),
      "--allow-float-fallback applies to --quantize int8"),
