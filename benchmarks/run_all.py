@@ -40,6 +40,8 @@ MODULES = (
     ("bench_standin", "the stand-in's first build (fresh process, empty cache): fast ÷ v1 recipe time, accuracy"),
     ("bench_page", "the phone page's scaling in chromium: same answer as the API for the original photo, bytes sent"),
     ("bench_budget", "decoding budget: pixel-bomb requests, RSS after a burst, latency under bombs, 12 MP JPEG"),
+    ("bench_joint", "real model: the edge escalating hard photos to the cloud on cassava-more's held-out half "
+                    "(agreement with TF, fraction escalated, edge-answered latency, bytes per escalation)"),
 )
 
 

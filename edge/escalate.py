@@ -15,7 +15,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import numpy as np
 from mlserver.codecs import NumpyCodec, StringCodec
@@ -24,16 +24,16 @@ from prometheus_client import REGISTRY, Counter, Histogram
 
 from cassava.shared.client.routing import Breaker
 from cassava.shared.errors import CassavaError
-from cassava.shared.escalation import is_hard
+from cassava.shared.escalation import DEFAULT_AUDIT_RATE, is_hard
 from cassava.shared.preprocess import to_model_input
-from cassava.shared.protocol import FLOAT_INPUT
+from cassava.shared.protocol import ANSWERED_BY, FLOAT_INPUT, PHOTOS_INPUT
+from cassava.shared.protocol.images import BadPayload, ImagePayloadCodec
 from cassava.shared.protocol.transport import HttpTransport, ModelInfo, Rejected, TransportError, Unavailable
-from cassava.shared.protocol.v2 import build_request, decode_response
+from cassava.shared.protocol.v2 import build_request, decode_response, photos_input
 from cassava.shared.spec import ModelSpec
 
 log = logging.getLogger("cassava.escalate")
 
-ANSWERED_BY = "answered_by"
 EDGE, CLOUD, PROVISIONAL = "edge", "cloud", "edge-provisional"
 CLOUD_MODEL = "cassava"  # the cloud tier's model name, direct or through the Seldon ingress
 # Short, so that a hard image waits at most this long for a cloud that has gone quiet; the breaker then stops asking.
@@ -52,6 +52,15 @@ def _metrics():
         _METRICS["seconds"] = Histogram("cassava_escalation_seconds", "Time to get the cloud's answer for the hard "
                                         "images of one batch", ["model_name", "outcome"], registry=REGISTRY,
                                         buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5))
+        # bytes per escalated image = bytes / images, by the form sent: the original photo file, lossless WebP of
+        # the pixels, raw pixels (the binary wire) or floats; the images' own bytes, before base64 or framing
+        _METRICS["bytes"] = Counter("cassava_escalation_bytes", "Image bytes sent to the cloud, by form",
+                                    ["model_name", "form"], registry=REGISTRY)
+        _METRICS["sent"] = Counter("cassava_escalation_images", "Images sent to the cloud (escalated or audited), by "
+                                   "form", ["model_name", "form"], registry=REGISTRY)
+        # audited agreement = agreed="true" / all: confident images also sent to the cloud, edge class == cloud class
+        _METRICS["audited"] = Counter("cassava_audited_images", "Confident images re-checked by the cloud, by "
+                                      "whether the edge agreed", ["model_name", "agreed"], registry=REGISTRY)
     return _METRICS
 
 
@@ -62,6 +71,7 @@ class EscalationSettings:
     timeout_s: float = DEFAULT_TIMEOUT_S
     probe_interval_s: float = PROBE_INTERVAL_S
     wire: str = "compact"
+    audit_rate: float = DEFAULT_AUDIT_RATE
 
     @classmethod
     def from_extra(cls, extra: dict, spec: ModelSpec) -> Optional["EscalationSettings"]:
@@ -77,11 +87,14 @@ class EscalationSettings:
         settings = cls(url=str(url), below=float(below),
                        timeout_s=float(extra.get("escalate_timeout_s") or DEFAULT_TIMEOUT_S),
                        probe_interval_s=float(extra.get("escalate_probe_interval_s") or PROBE_INTERVAL_S),
-                       wire=str(extra.get("escalate_wire") or "compact"))
+                       wire=str(extra.get("escalate_wire") or "compact"),
+                       audit_rate=float(extra.get("escalate_audit_rate", DEFAULT_AUDIT_RATE)))
         if not 0.0 <= settings.below <= 1.0:
             raise CassavaError(f"--escalate-below {settings.below:g}: a confidence from 0 to 1")
         if settings.timeout_s <= 0:
             raise CassavaError(f"--escalate-timeout {settings.timeout_s:g}: must be above 0 seconds")
+        if not 0.0 <= settings.audit_rate <= 1.0:
+            raise CassavaError(f"--audit-rate {settings.audit_rate:g}: a fraction from 0 to 1, e.g. 0.02")
         if settings.wire not in WIRES:
             raise CassavaError(f"escalate_wire {settings.wire!r}: choose from {', '.join(WIRES)}")
         return settings
@@ -128,6 +141,16 @@ def exact_pixels(x: np.ndarray, input_scale: float) -> Optional[np.ndarray]:
     return pixels if np.array_equal(to_model_input(pixels, input_scale), x) else None
 
 
+def original_photos(request_input) -> Optional[List[bytes]]:
+    """The encoded files of a `photos` request (what the cloud can decode to the edge's very pixels), else None."""
+    if request_input.name != PHOTOS_INPUT or request_input.datatype != "BYTES":
+        return None
+    try:
+        return ImagePayloadCodec.decode_input(request_input)
+    except BadPayload:
+        return None
+
+
 class Escalation:
     """One per edge model: the cloud's transport, its breaker, and `settle()` for each answered batch."""
 
@@ -138,6 +161,8 @@ class Escalation:
         self._refused: Optional[str] = None
         self._probing: Optional[asyncio.Future] = None
         self.breaker: Optional[Breaker] = None
+        self._auditing: Optional[asyncio.Future] = None
+        self._random = np.random.default_rng()
 
     def start(self) -> None:
         """Blocking (run off the event loop). A cloud that answers with other classes stops the load; one that
@@ -187,15 +212,20 @@ class Escalation:
             return False
         return True
 
-    async def settle(self, x: np.ndarray, probabilities: np.ndarray):
-        """The edge's answers for a batch -> (the answering tier's probabilities, answered_by per image)."""
+    async def settle(self, x: np.ndarray, probabilities: np.ndarray,
+                     originals: Optional[Callable[[], Optional[List[bytes]]]] = None):
+        """The edge's answers for a batch -> (the answering tier's probabilities, answered_by per image).
+        `originals()`: the request's photo files, when it sent photos (the smaller exact form goes to the cloud);
+        called only when something goes, so a confident batch pays nothing for it."""
         hard = is_hard(probabilities, self.settings.below)
         answered_by = np.where(hard, PROVISIONAL, EDGE).astype(object)
+        files = _Lazy(originals)
+        self._audit_some(x, probabilities, ~hard, files)
         if hard.any():
             if self._refused or not self.breaker.up:
                 self._probe_later()
             else:
-                cloud = await self._ask(x[hard])
+                cloud = await self._ask(x[hard], _subset(await files.get(), hard))
                 if cloud is not None:
                     probabilities = probabilities.copy()
                     probabilities[hard] = cloud
@@ -212,10 +242,28 @@ class Escalation:
         if self._probing is None or self._probing.done():
             self._probing = asyncio.ensure_future(asyncio.to_thread(self.breaker.available))
 
-    async def _ask(self, x: np.ndarray) -> Optional[np.ndarray]:
+    def _audit_some(self, x, probabilities, confident, originals) -> None:
+        """Send a fraction `audit_rate` of the confident images to the cloud in the background (the answer does not
+        wait for it), one audit at a time and only while the cloud is up, and count whether the edge agreed."""
+        chosen = confident & (self._random.random(len(x)) < self.settings.audit_rate)
+        if not chosen.any() or not self.breaker.up or (self._auditing is not None and not self._auditing.done()):
+            return
+        edge_classes = probabilities[chosen].argmax(axis=1)
+
+        async def audit():
+            cloud = await self._ask(x[chosen], _subset(await originals.get(), chosen))
+            if cloud is not None:
+                agreed = int(np.sum(cloud.argmax(axis=1) == edge_classes))
+                counter = _metrics()["audited"]
+                counter.labels(self.model_name, "true").inc(agreed)
+                counter.labels(self.model_name, "false").inc(len(edge_classes) - agreed)
+
+        self._auditing = asyncio.ensure_future(audit())
+
+    async def _ask(self, x: np.ndarray, originals: Optional[List[bytes]] = None) -> Optional[np.ndarray]:
         started = time.monotonic()
         try:  # the transport's own timeout covers each read; wait_for bounds the whole call
-            answer = await asyncio.wait_for(asyncio.to_thread(self._infer, x), self.settings.timeout_s)
+            answer = await asyncio.wait_for(asyncio.to_thread(self._infer, x, originals), self.settings.timeout_s)
         except (asyncio.TimeoutError, Unavailable) as exc:
             reason = str(exc) or f"no answer within {self.settings.timeout_s:g} s"
             if self.breaker.failed():
@@ -234,23 +282,59 @@ class Escalation:
         _metrics()["seconds"].labels(self.model_name, outcome).observe(time.monotonic() - started)
         return answer
 
-    def _infer(self, x: np.ndarray) -> np.ndarray:
-        response = self.transport.infer(self.request(x))
+    def _infer(self, x: np.ndarray, originals: Optional[List[bytes]] = None) -> np.ndarray:
+        request, forms = self.request(x, originals)
+        response = self.transport.infer(request)
         probabilities = decode_response(response)[1]
         if probabilities.shape != (len(x), self.spec.num_classes):
             raise Rejected(f"the cloud answered {list(probabilities.shape)} for {len(x)} images", 502)
         self.breaker.recovered()
+        metrics = _metrics()
+        for form, size in forms:
+            metrics["bytes"].labels(self.model_name, form).inc(size)
+            metrics["sent"].labels(self.model_name, form).inc()
         return probabilities
 
-    def request(self, x: np.ndarray) -> InferenceRequest:
-        """The hard images, exactly as the edge judged them, in one request."""
+    def request(self, x: np.ndarray, originals: Optional[List[bytes]] = None):
+        """The hard images, exactly as the edge judged them, in one request -> (request, [(form, bytes)] per image).
+        Per image the smaller exact form: its original file (the cloud's shared preprocessing decodes it to these
+        very pixels) or the pixels as lossless WebP; raw pixels on the binary wire; floats that were not pixels."""
         pixels = exact_pixels(x, self.spec.input_scale)
         if pixels is None:
-            return InferenceRequest(inputs=[NumpyCodec.encode_input(FLOAT_INPUT, np.ascontiguousarray(x))])
-        return build_request(self.settings.wire, pixels=pixels)
+            floats = np.ascontiguousarray(x)
+            return (InferenceRequest(inputs=[NumpyCodec.encode_input(FLOAT_INPUT, floats)]),
+                    [("float", floats[0].nbytes)] * len(x))
+        if self.settings.wire == "binary":
+            return build_request("binary", pixels=pixels), [("pixels", pixels[0].nbytes)] * len(x)
+        files, forms = [], []
+        for i, image in enumerate(pixels):
+            lossless = ImagePayloadCodec.compact(image)
+            if originals is not None and len(originals[i]) <= len(lossless):
+                files.append(originals[i])
+                forms.append(("original", len(originals[i])))
+            else:
+                files.append(lossless)
+                forms.append(("lossless", len(lossless)))
+        return InferenceRequest(inputs=[photos_input(files)]), forms
 
     def close(self) -> None:
         self.transport.close()
+
+
+class _Lazy:
+    """The request's photo files, decoded (off the event loop) the first time something needs them."""
+
+    def __init__(self, make: Optional[Callable[[], Optional[List[bytes]]]]):
+        self.make, self.done, self.value = make, make is None, None
+
+    async def get(self) -> Optional[List[bytes]]:
+        if not self.done:
+            self.value, self.done = await asyncio.to_thread(self.make), True
+        return self.value
+
+
+def _subset(originals: Optional[List[bytes]], mask: np.ndarray) -> Optional[List[bytes]]:
+    return None if originals is None else [o for o, keep in zip(originals, mask) if keep]
 
 
 def answered_by_metadata() -> MetadataTensor:

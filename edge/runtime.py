@@ -5,9 +5,10 @@ import os
 
 from mlserver.types import InferenceRequest, InferenceResponse, MetadataModelResponse, Parameters
 
+from cassava.shared.protocol import ANSWERED_BY
 from cassava.shared.server.runtime import ImageClassifierRuntime
 
-from .escalate import ANSWERED_BY, Escalation, EscalationSettings, answered_by_metadata, answered_by_output
+from .escalate import Escalation, EscalationSettings, answered_by_metadata, answered_by_output, original_photos
 from .interpreter import load_tflite_classifier
 
 
@@ -47,8 +48,10 @@ class EdgeRuntime(ImageClassifierRuntime):
         if self.escalation is None:
             return await super().predict(payload)
         serving = self._serving  # one version answers the whole request (see the shared runtime)
-        x = await self.decode(self.validate(payload, serving), serving)
-        probabilities, answered_by = await self.escalation.settle(x, await self.batch(x, serving))
+        request_input = self.validate(payload, serving)
+        x = await self.decode(request_input, serving)
+        probabilities, answered_by = await self.escalation.settle(x, await self.batch(x, serving),
+                                                                  lambda: original_photos(request_input))
         return self.encode(probabilities, payload, serving, more={ANSWERED_BY: answered_by_output(answered_by)})
 
     async def metadata(self) -> MetadataModelResponse:
@@ -56,7 +59,8 @@ class EdgeRuntime(ImageClassifierRuntime):
         if self.escalation is not None:  # strings, as the shared runtime's parameters (gRPC parameters are scalars)
             settings = self.escalation.settings
             metadata.parameters = Parameters(**metadata.parameters.model_dump(exclude_none=True),
-                                             escalate_to=settings.url, escalate_below=f"{settings.below:g}")
+                                             escalate_to=settings.url, escalate_below=f"{settings.below:g}",
+                                             audit_rate=f"{settings.audit_rate:g}")
         return metadata
 
     async def unload(self) -> bool:

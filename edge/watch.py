@@ -6,10 +6,17 @@ already in it are not classified again. With `--forward URL`, each photo and the
 cloud model (a second opinion from the full model); the cloud's answers go to `<out>.forwarded.jsonl`. The backlog
 is whatever is in `--out` but not yet forwarded, so a device with intermittent connectivity loses nothing: it is
 re-derived at start-up and drained, oldest first, whenever the cloud answers.
+
+With `--escalate-to URL` instead (joint inference, README), only the hard photos go (the edge model's top probability
+below the threshold: `--escalate-below`, else the model's `escalate_below` from `cassava convert`), plus a fraction
+`--audit-rate` of the confident ones to measure how often the edge agrees with the cloud where it was sure. The
+choice is made when the photo is classified and written in its record (`escalate`: hard or audit), so a restart
+re-derives the same backlog; the cloud's answers go to `<out>.settled.jsonl`, the same store-and-forward.
 """
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import math
 import os
@@ -22,6 +29,7 @@ import numpy as np
 
 from cassava.shared.data import IMAGE_SUFFIXES
 from cassava.shared.errors import BadImage, CassavaError
+from cassava.shared.escalation import DEFAULT_AUDIT_RATE
 
 TOP_K = 3
 
@@ -36,6 +44,15 @@ def add_arguments(parser):
                         help="append one JSON line per image here")
     parser.add_argument("--forward", metavar="URL",
                         help="also send each photo to this cloud base URL (store-and-forward)")
+    parser.add_argument("--escalate-to", metavar="URL",
+                        help="send only the hard photos (and --audit-rate of the confident ones) to this cloud base "
+                             "URL, store-and-forward; the cloud's answers go to <out>.settled.jsonl")
+    parser.add_argument("--escalate-below", type=float, metavar="P",
+                        help="--escalate-to: a photo is hard when the edge's top probability is below P (default: "
+                             "the model's escalate_below, chosen by cassava convert)")
+    parser.add_argument("--audit-rate", type=float, default=DEFAULT_AUDIT_RATE, metavar="R",
+                        help=f"--escalate-to: also send this fraction of the confident photos, to measure the edge's "
+                             f"agreement with the cloud where it was sure (default {DEFAULT_AUDIT_RATE})")
     parser.add_argument("--frames-dir", type=Path, help="where camera frames are saved (default: <out>.frames/)")
     parser.add_argument("--max-images", type=int, default=0,
                         help="stop after this many new images (0 = run until stopped)")
@@ -70,6 +87,9 @@ class ResultLog:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self.records = []
+        if path.exists() and path.stat().st_size and not path.read_bytes().endswith(b"\n"):
+            with open(path, "a") as handle:  # a line cut by power loss: end it, so the next record starts clean
+                handle.write("\n")
         if path.exists():
             for line in path.read_text().splitlines():
                 try:
@@ -133,16 +153,33 @@ def open_camera(source: str):
     return capture, cv2
 
 
-class Forwarder:
-    """Sends recorded photos to the cloud model, oldest first; what is not yet answered stays in the backlog."""
+def audited(image_id: str, rate: float) -> bool:
+    """Is this confident photo one of the audited fraction? A hash of its id, not a random draw: a photo classified
+    again after a power cut gets the same answer, so the backlog re-derived at start-up is the same."""
+    return int(hashlib.sha256(image_id.encode()).hexdigest()[:8], 16) / 2 ** 32 < rate
 
-    def __init__(self, base_url: str, log: ResultLog, timeout: float = 10.0):
+
+def escalation_of(probabilities: np.ndarray, image_id: str, below: float, audit_rate: float) -> dict:
+    """What the record says about escalation: the confidence, `escalate` (hard, audit or None) and who answered."""
+    from cassava.shared.escalation import confidence
+
+    score = float(confidence(probabilities[None])[0])
+    escalate = "hard" if score < below else "audit" if audited(image_id, audit_rate) else None
+    return {"confidence": round(score, 6), "escalate": escalate,
+            "answered_by": "edge-provisional" if escalate == "hard" else "edge"}
+
+
+class Forwarder:
+    """Sends recorded photos to the cloud model, oldest first; what is not yet answered stays in the backlog.
+    `escalating`: only the records marked to escalate (hard or audit) go, and the answers to <out>.settled.jsonl."""
+
+    def __init__(self, base_url: str, log: ResultLog, timeout: float = 10.0, escalating: bool = False):
         from cassava.shared.protocol.transport import HttpTransport
 
         # One try per round: the next round (every --every) is the retry, so the device never stalls on the uplink.
         self.transport = HttpTransport(base_url, timeout=timeout, retries=0)
-        self.log = log
-        self.forwarded = ResultLog(log.path.with_suffix(".forwarded.jsonl"))
+        self.log, self.escalating = log, escalating
+        self.forwarded = ResultLog(log.path.with_suffix(".settled.jsonl" if escalating else ".forwarded.jsonl"))
         self.done = {r["id"] for r in self.forwarded.records}
         self.base_url, self.offline = base_url, False
 
@@ -155,7 +192,8 @@ class Forwarder:
         self.offline = offline
 
     def backlog(self):
-        return [r for r in self.log.records if r["id"] not in self.done and r.get("path")]
+        return [r for r in self.log.records if r["id"] not in self.done and r.get("path")
+                and (r.get("escalate") or not self.escalating)]
 
     def drain(self) -> int:
         """Forward as much of the backlog as the cloud takes now; stop at the first failure (retry next round)."""
@@ -170,12 +208,21 @@ class Forwarder:
         self._went(offline=False)
         sent = 0
         for record in self.backlog():
-            request = build_request("photo", photos=[Path(record["path"]).read_bytes()], request_id=record["id"])
-            entry = {"id": record["id"], "time": now()}
+            # The original file: the cloud's preprocessing reproduces the edge's pixels from it (the same shared
+            # decode and resize), so the cloud judges what the edge judged; camera frames are saved as lossless PNG.
+            photo = Path(record["path"]).read_bytes()
+            request = build_request("photo", photos=[photo], request_id=record["id"])
+            entry = {"id": record["id"], "time": now(), "bytes": len(photo)}
+            if self.escalating:
+                entry["reason"] = record["escalate"]
             try:
                 _, probabilities, labels = decode_response(self.transport.infer(request))
                 entry.update(status=200, cloud_prediction=labels[0], edge_prediction=record["top"][0]["class"],
                              cloud_probability=round(float(probabilities[0].max()), 6))
+                if self.escalating:
+                    entry["agree"] = labels[0] == entry["edge_prediction"]
+                    print(json.dumps({"file": record.get("file"), "settled_by": "cloud", "reason": entry["reason"],
+                                      "class": labels[0], "edge": entry["edge_prediction"]}), flush=True)
             except Rejected as exc:  # the cloud refused this photo for good: record why rather than retry forever
                 entry.update(status=exc.status, error=str(exc)[:300])
             except Unavailable:
@@ -196,12 +243,15 @@ def run(args) -> int:
     from cassava.shared.preprocess import preprocess
 
     interval = parse_interval(args.every)
+    check_escalation_arguments(args)
     kwargs = {"num_threads": args.num_threads} if args.num_threads else {}
     classifier = load_classifier(args.model, **kwargs)
     spec = classifier.spec
+    below = escalation_threshold(args, spec)
     log = ResultLog(args.out)
     done = log.ids()
-    forwarder = Forwarder(args.forward, log) if args.forward else None
+    uplink = args.forward or args.escalate_to
+    forwarder = Forwarder(uplink, log, escalating=bool(args.escalate_to)) if uplink else None
     camera = args.source.startswith("camera:")
     if camera:
         capture, cv2 = open_camera(args.source)
@@ -214,7 +264,9 @@ def run(args) -> int:
             raise CassavaError(f"--source {args.source}: not a folder (or use camera:0 / camera:video.mp4)")
         seen_sizes: dict = {}
     print(f"watching {args.source} with {spec.title}; results -> {args.out}"
-          + (f"; forwarding to {args.forward}" if forwarder else ""), file=sys.stderr, flush=True)
+          + (f"; forwarding to {args.forward}" if args.forward else "")
+          + (f"; escalating photos below {below:.4g} and {args.audit_rate:.1%} of the rest to {args.escalate_to}"
+             if args.escalate_to else ""), file=sys.stderr, flush=True)
 
     started, new = time.monotonic(), 0
 
@@ -230,10 +282,13 @@ def run(args) -> int:
             record = {"id": image_id, "time": now(), "source": kind, "file": image_id,
                       "path": str(path.resolve()) if path else None, "top": top_k(probabilities, spec.class_names),
                       "latency_ms": round((time.perf_counter() - t0) * 1000.0, 2), "model": spec.title}
+            if below is not None:
+                record.update(escalation_of(probabilities, image_id, below, args.audit_rate))
         log.append(record)
         done.add(image_id)
         new += 1
-        print(json.dumps({k: record.get(k) for k in ("file", "top", "latency_ms", "error") if k in record}), flush=True)
+        print(json.dumps({k: record.get(k) for k in ("file", "top", "latency_ms", "answered_by", "error")
+                          if k in record}), flush=True)
 
     try:
         while True:
@@ -276,7 +331,43 @@ def run(args) -> int:
             if pending:
                 print(f"{pending} result(s) not yet forwarded: they stay in the backlog for the next run",
                       file=sys.stderr)
+            if forwarder.escalating:
+                print(settled_summary(forwarder.forwarded.records), file=sys.stderr)
             forwarder.close()
         log.close()
     print(f"{new} new image(s) classified; {len(log.records)} in {args.out}", file=sys.stderr)
     return 0
+
+
+def check_escalation_arguments(args) -> None:
+    if args.forward and args.escalate_to:
+        raise CassavaError("--forward sends every photo, --escalate-to only the hard ones: give one of them")
+    if not args.escalate_to and (args.escalate_below is not None or args.audit_rate != DEFAULT_AUDIT_RATE):
+        raise CassavaError("--escalate-below and --audit-rate need --escalate-to URL")
+    if not 0.0 <= args.audit_rate <= 1.0:
+        raise CassavaError(f"--audit-rate {args.audit_rate}: a fraction from 0 to 1, e.g. 0.02")
+    if args.escalate_below is not None and not 0.0 <= args.escalate_below <= 1.0:
+        raise CassavaError(f"--escalate-below {args.escalate_below}: a top probability from 0 to 1, e.g. 0.6")
+
+
+def escalation_threshold(args, spec) -> Optional[float]:
+    if not args.escalate_to:
+        return None
+    below = args.escalate_below if args.escalate_below is not None else spec.escalate_below
+    if below is None:
+        raise CassavaError(f"--escalate-to needs a threshold: {args.model} has no escalate_below (convert it again "
+                           "with cassava convert, or pass --escalate-below P)")
+    return float(below)
+
+
+def settled_summary(settled) -> str:
+    """'3 hard photo(s) settled by the cloud; 2 audited: the edge agreed on 2/2; 1,234 bytes per escalation'."""
+    answered = [r for r in settled if r.get("status") == 200]
+    hard = [r for r in answered if r.get("reason") == "hard"]
+    audits = [r for r in answered if r.get("reason") == "audit"]
+    text = f"{len(hard)} hard photo(s) settled by the cloud; {len(audits)} audited"
+    if audits:
+        text += f": the edge agreed on {sum(r['agree'] for r in audits)}/{len(audits)}"
+    if answered:
+        text += f"; {sum(r['bytes'] for r in answered) / len(answered):,.0f} bytes per escalation"
+    return text

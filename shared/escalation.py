@@ -17,6 +17,11 @@ SCORES = ("top", "margin", "entropy")
 # The one the server uses. On the real model and photos, top probability escalated the fewest images for the same
 # agreement (README "Joint inference": the measured curve); it is also the simplest to explain.
 SCORE = "top"
+# The fraction of confident images also sent to the cloud, to measure the edge's agreement where it was sure (the
+# audited agreement). 2%: with a threshold escalating up to ~10% of images that adds ~2% of traffic, and at 100 photos
+# a day gives ~60 audits a month: enough to see that agreement fall from ~99% to 90% (6 disagreements where ~0.6 are
+# expected), a drift worth a look.
+DEFAULT_AUDIT_RATE = 0.02
 
 
 def confidence(probabilities: np.ndarray, score: str = SCORE) -> np.ndarray:
@@ -57,23 +62,31 @@ def curve(scores: Sequence[float], agreed: Sequence[bool]) -> List[dict]:
     """Agreement with the full model vs the fraction escalated, one point per candidate threshold (ascending).
     Escalated images count as agreeing: the full model answers them."""
     scores, agreed = _pairs(scores, agreed)
-    n = max(1, len(scores))
-    points = []
-    for threshold in candidate_thresholds(scores):
-        hard = scores < threshold
-        points.append({"threshold": float(threshold), "escalated": int(hard.sum()), "fraction_escalated":
-                       float(hard.sum()) / n, "agreement": float((hard | agreed).sum()) / n})
-    return points
+    return [at_threshold(scores, agreed, threshold) for threshold in candidate_thresholds(scores)]
 
 
 def threshold_for(scores: Sequence[float], agreed: Sequence[bool], target: float) -> float:
     """The smallest threshold whose agreement reaches `target` (it sends the fewest images that do)."""
+    return point_for(curve(scores, agreed), target)["threshold"]
+
+
+def point_for(points: Sequence[dict], target: float) -> dict:
+    """The first point of a `curve` (the fewest escalations) whose agreement reaches `target`."""
     if not 0.0 <= target <= 1.0:
         raise ValueError(f"target agreement must be between 0 and 1, not {target}")
-    for point in curve(scores, agreed):
+    for point in points:
         if point["agreement"] >= target - 1e-12:
-            return point["threshold"]
+            return point
     raise AssertionError("escalating every image always reaches agreement 1")
+
+
+def at_threshold(scores: Sequence[float], agreed: Sequence[bool], threshold: float) -> dict:
+    """One point of the curve at a given threshold (e.g. one chosen elsewhere, applied to new images)."""
+    scores, agreed = _pairs(scores, agreed)
+    hard = scores < threshold
+    n = max(1, len(scores))
+    return {"threshold": float(threshold), "escalated": int(hard.sum()), "fraction_escalated": float(hard.sum()) / n,
+            "agreement": float((hard | agreed).sum()) / n}
 
 
 def _pairs(scores, agreed):
@@ -82,3 +95,20 @@ def _pairs(scores, agreed):
     if scores.shape != agreed.shape:
         raise ValueError(f"{scores.size} scores but {agreed.size} agreement flags")
     return scores, agreed
+
+
+def choose(edge_probabilities: np.ndarray, full_probabilities: np.ndarray, target: float,
+           score: str = SCORE) -> dict:
+    """The threshold meeting `target` on images both models answered, with its curve: what `cassava convert` stores
+    (on its held-out images) and `cassava compare` reports. Non-finite edge outputs: disagreeing, confidence 0."""
+    edge = np.asarray(edge_probabilities, dtype=np.float64)
+    full = np.asarray(full_probabilities, dtype=np.float64)
+    finite = np.all(np.isfinite(edge), axis=1)
+    agreed = finite & (edge.argmax(axis=1) == full.argmax(axis=1))
+    scores = np.where(finite, confidence(np.nan_to_num(edge), score), 0.0)
+    points = curve(scores, agreed)
+    chosen = point_for(points, target)
+    return {"score": score, "target": float(target), "images": int(len(scores)),
+            "edge_alone_agreement": float(agreed.mean()) if len(scores) else 1.0,
+            "threshold": chosen["threshold"], "escalated": chosen["escalated"],
+            "fraction_escalated": chosen["fraction_escalated"], "agreement": chosen["agreement"], "curve": points}

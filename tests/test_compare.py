@@ -112,9 +112,45 @@ def test_report_numbers_equal_hand_computed(tmp_path):
     assert "| cmd (Mosaic Disease) | 0 | — / — | — / — |" in md  # undefined precision/recall shown as —
     for name in ("confusion", "tradeoff"):
         assert (tmp_path / f"{name}.png").stat().st_size > 5_000, paths
+    assert not (tmp_path / "escalation.png").exists() and "## Joint inference" not in md  # no copies: no curve
     assert any("7/10 = 70.0%" in line for line in summary_lines(report))
     edge_line = next(line for line in summary_lines(report) if "edge int8" in line)
     assert edge_line.index("agreement 9/10 = 90.0% (95% CI 59.6%-98.2%)") < edge_line.index("accuracy")
+
+
+def test_joint_inference_curve_by_hand(tmp_path):
+    """EDGE differs from CLOUD on the last image only, which is also the edge's least confident: escalating it
+    brings agreement to 10/10 but costs accuracy (the cloud is wrong there)."""
+    from types import SimpleNamespace
+
+    from cassava.shared.evaluate.escalation import escalation_curves
+
+    top = [0.9, 0.8, 0.95, 0.55, 0.7, 0.85, 0.6, 0.75, 0.65, 0.5]
+    edge = np.zeros((10, 4), np.float32)
+    edge[:, :3] = ((1 - np.array(top)) / 2)[:, None]
+    edge[np.arange(10), EDGE] = top
+    entries = [SimpleNamespace(name="cloud", spec=None),
+               SimpleNamespace(name="edge int8", spec=SimpleNamespace(escalate_below=0.58))]
+    (copy,) = escalation_curves(entries, Y_TRUE, {"cloud": CLOUD_PROBS, "edge int8": edge})
+    ladder = {p["budget"]: p for p in copy["ladder"]}
+    assert len(ladder) >= 10 and copy["cloud_correct"] == 7
+    assert {k: ladder[0.05][k] for k in ("escalated", "agreement", "correct")} == {
+        "escalated": 0, "agreement": 0.9, "correct": 8}
+    assert ladder[0.10]["threshold"] == pytest.approx(0.525) and ladder[0.15]["escalated"] == 1
+    assert (ladder[0.10]["agreement"], ladder[0.10]["correct"]) == (1.0, 7)
+    assert ladder[0.20]["threshold"] == pytest.approx(0.575) and ladder[0.20]["escalated"] == 2
+    assert (ladder[1.0]["escalated"], ladder[1.0]["correct"]) == (10, 7)
+    assert copy["stored"] == {"threshold": 0.58, "escalated": 2, "fraction_escalated": 0.2, "agreement": 1.0,
+                              "correct": 7, "accuracy": 0.7}
+    assert copy["hindsight"]["threshold"] == pytest.approx(0.525) and copy["hindsight"]["escalated"] == 1
+
+    models = score(Y_TRUE, {"cloud": CLOUD_PROBS, "edge int8": edge}, "cloud", CLASSES)
+    write_report({**_result(models), "escalation": [copy]}, tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert md.index("## Agreement with cloud") < md.index("## Joint inference") < md.index("## Summary")
+    assert "| ≤ 10% sent | < 0.525 | 1 (10.0%) | 100.0% | 7 (70.0%) |" in md
+    assert "| **stored** | < 0.58 | 2 (20.0%) | 100.0% | 7 (70.0%) |" in md
+    assert (tmp_path / "escalation.png").stat().st_size > 5_000 and "escalation.png" in md
 
 
 # ------------------------------------------------------------------------------------ the whole command
@@ -150,8 +186,15 @@ def test_standin_report_says_standin(standin_compare):
             assert latency["images"] == 8 and latency["p50"] > 0  # --latency-images 8, each timed, at both counts
     assert all(m["agreement"]["same"] >= 22 for m in report["models"][1:])  # 24 synthetic images
     assert "stand-in model, synthetic data" in result.stdout
-    for png in ("confusion.png", "tradeoff.png"):
+    for png in ("confusion.png", "tradeoff.png", "escalation.png"):
         assert (out / png).stat().st_size > 10_000
+    # joint inference: every copy's curve, and the threshold its conversion stored, measured on these 24 images
+    assert [c["name"] for c in report["escalation"]] == names[1:]
+    for copy in report["escalation"]:
+        spec = json.loads((out / "edge-models" / copy["name"].split()[-1] / "cassava-model.json").read_text())
+        assert copy["stored"]["threshold"] == spec["escalate_below"] and len(copy["ladder"]) >= 10
+        assert copy["ladder"][-1]["agreement"] == 1.0 and copy["ladder"][-1]["escalated"] == 24
+    assert "## Joint inference" in md and "| **stored** |" in md
 
 
 @pytest.mark.slow

@@ -107,6 +107,38 @@ def test_every_mode_matches_tensorflow_as_its_report_says(conversions, standin_m
     assert np.abs(got - expected).mean() < bound
 
 
+def test_int8_stores_the_escalation_threshold_its_held_out_images_call_for(conversions, standin_model):
+    """The threshold in cassava-model.json is the one the report's curve picks for --escalation-target (default
+    0.995), and applied to LiteRT's own answers on the held-out images it reaches that agreement with TensorFlow."""
+    import tensorflow as tf
+
+    from cassava.shared.escalation import is_hard, point_for
+    from cassava.shared.preprocess import preprocess
+
+    out = converted(conversions, "standin-int8", *standin_args("int8"))
+    report, spec = report_of(out), spec_of(out)
+    escalation = report["escalation"]
+    assert escalation["target"] == 0.995 and escalation["score"] == "top"
+    assert spec["escalate_below"] == escalation["threshold"]
+    curve = escalation["curve"]
+    assert len(curve) >= 2 and [p["escalated"] for p in curve] == sorted(p["escalated"] for p in curve)
+    assert curve[0]["agreement"] == escalation["edge_alone_agreement"] == report["verification"]["top1_agreement"]
+    assert curve[-1]["agreement"] == 1.0 and point_for(curve, 0.995)["threshold"] == escalation["threshold"]
+    assert escalation["agreement"] >= 0.995 and escalation["images"] == report["verification"]["images"]
+    assert "escalate below" in convert_once(conversions, "standin-int8").stdout
+
+    files = report["data"]["verification_files"]
+    x = np.stack([preprocess(f, 224) for f in files]).astype(np.float32) / 255.0
+    signature = tf.saved_model.load(str(standin_model)).signatures["serving_default"]
+    expected = np.concatenate([next(iter(signature(tf.constant(x[i:i + 32])).values())).numpy()
+                               for i in range(0, len(x), 32)]).argmax(1)
+    got = litert_answers(out / "model.tflite", x)
+    hard = is_hard(got, spec["escalate_below"])
+    assert abs(int(hard.sum()) - escalation["escalated"]) <= 1  # one score may sit on the threshold
+    settled = np.where(hard, expected, got.argmax(1))
+    assert np.sum(settled == expected) >= len(files) - 1  # 0.995 of 150-200 images: every one, give or take a tie
+
+
 # ---------------------------------------------------------------------------------------------- the real model
 
 
@@ -319,6 +351,7 @@ def test_tensorflow_only_op_needs_select_tf_ops(conversions, odd_models, standin
      "--target-agreement applies to --quantize int8"),
     (("--model", "standin", "--target-agreement", "0.99", "--io", "uint8"), "--target-agreement writes float32 I/O"),
     (("--model", "standin", "--target-agreement", "99"), "--target-agreement is a fraction"),
+    (("--model", "standin", "--escalation-target", "99.5"), "--escalation-target is a fraction"),
     (("--model", "standin", "--quantize", "dynamic", "--io", "uint8"), "--io uint8 needs --quantize int8"),
     (("--model", "standin", "--quantize", "none", "--allow-float-fallback"),
      "--allow-float-fallback applies to --quantize int8"),

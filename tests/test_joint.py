@@ -88,7 +88,8 @@ def cloud(tmp_path_factory, standin_model):
 @pytest.fixture(scope="module")
 def edge(tmp_path_factory, int8, cloud, threshold):
     server = Served(tmp_path_factory.mktemp("edge"), "edge", "--model", int8, "--escalate-to", cloud.url,
-                    "--escalate-below", threshold, "--escalate-timeout", TIMEOUT_S).start(timeout=120)
+                    "--escalate-below", threshold, "--escalate-timeout", TIMEOUT_S,
+                    "--audit-rate", 0).start(timeout=120)  # no audits: each test knows what reaches the cloud
     yield server
     server.stop()
 
@@ -183,6 +184,23 @@ def test_a_batch_of_confident_images_never_reaches_the_cloud(edge, images, thres
     assert _metric(edge, "cassava_escalation_seconds_count") == before
 
 
+def test_predict_records_who_answered_each_image_and_counts_the_cloud_settled_ones(edge, images, threshold, tmp_path):
+    import csv
+
+    from PIL import Image
+
+    out = {kind: tmp_path / f"records.{kind}" for kind in ("json", "csv", "png")}
+    result = run_cli("predict", "--edge", edge.url, "--data", "standin", "-n", N, "--batch-size", 5, "--quiet",
+                     "--json", out["json"], "--csv", out["csv"], "--plot", out["png"], timeout=300)
+    assert result.returncode == 0, result.stderr
+    expected = ["cloud" if hard else "edge" for hard in _hard(images, threshold)]
+    assert [r["answered_by"] for r in json.loads(out["json"].read_text())] == expected
+    with open(out["csv"]) as handle:
+        assert [row["answered_by"] for row in csv.DictReader(handle)] == expected
+    assert f"{N} images classified" in result.stdout and "; 6 settled by the cloud" in result.stdout
+    assert Image.open(out["png"]).size[0] > 0
+
+
 def test_prometheus_counts_images_by_who_answered_and_escalation_latency(edge, images, threshold):
     pixels, photos, _ = images
     hard = int(_hard(images, threshold).sum())
@@ -192,6 +210,38 @@ def test_prometheus_counts_images_by_who_answered_and_escalation_latency(edge, i
     assert _metric(edge, "cassava_answered_images_total", answered_by="cloud") - before["cloud"] == hard
     assert _metric(edge, "cassava_answered_images_total", answered_by="edge") - before["edge"] == N - hard
     assert _metric(edge, "cassava_escalation_seconds_count", outcome="answered") == escalations + 1
+
+
+def test_audits_measure_agreement_on_confident_images_and_photos_go_in_their_smaller_exact_form(
+        tmp_path, int8, cloud, images, threshold):
+    """--audit-rate 1: every confident image is also sent (in the background) and counted as agreeing or not with
+    the cloud; every image sent goes as the smaller of its original file and its lossless pixels."""
+    from cassava.shared.protocol.images import ImagePayloadCodec
+
+    pixels, photos, edge_probabilities = images
+    hard = _hard(images, threshold)
+    server = Served(tmp_path, "edge", "--model", int8, "--escalate-to", cloud.url, "--escalate-below", threshold,
+                    "--audit-rate", 1).start(timeout=120)
+    try:
+        _, answered_by = _infer(server, "photo", pixels, photos)
+        assert answered_by == ["cloud" if h else "edge" for h in hard]  # audits change no answer
+        confident = int((~hard).sum())
+        deadline = time.monotonic() + 60
+        while _metric(server, "cassava_audited_images_total") < confident and time.monotonic() < deadline:
+            time.sleep(0.2)
+        cloud_classes = _cloud_answer(cloud, pixels[~hard]).argmax(1)
+        agreed = int(np.sum(cloud_classes == edge_probabilities[~hard].argmax(1)))
+        assert _metric(server, "cassava_audited_images_total", agreed="true") == agreed
+        assert _metric(server, "cassava_audited_images_total", agreed="false") == confident - agreed
+        smaller = [min(len(photo), len(ImagePayloadCodec.compact(p))) for photo, p in zip(photos, pixels)]
+        originals = sum(len(photo) <= len(ImagePayloadCodec.compact(p)) for photo, p in zip(photos, pixels))
+        assert _metric(server, "cassava_escalation_bytes_total") == sum(smaller)
+        assert _metric(server, "cassava_escalation_images_total") == N
+        assert _metric(server, "cassava_escalation_images_total", form="original") == originals
+        metadata = httpx.get(f"{server.url}/v2/models/cassava", timeout=30).json()
+        assert float(metadata["parameters"]["audit_rate"]) == 1.0
+    finally:
+        server.stop()
 
 
 def test_bad_input_still_gets_a_4xx(edge, images):
@@ -231,13 +281,18 @@ def test_an_unreachable_cloud_at_start_is_a_warning_and_provisional_answers(tmp_
         assert "Traceback" not in edge.log()
 
 
-def test_a_cloud_with_other_classes_or_no_threshold_is_refused_at_start(cloud, int8):
+def test_a_cloud_with_other_classes_or_no_threshold_is_refused_at_start(cloud, int8, tmp_path):
     result = run_cli("serve", "edge", "--model", int8, "--escalate-to", cloud.url, "--escalate-below", "0.5",
                      "--classes", "a,b,c,d,e,f", "--http-port", free_port(), "--grpc-port", free_port(),
                      "--metrics-port", free_port(), timeout=120)
     assert result.returncode == 2 and "classes (cbb,cbsd,cgm,cmd,healthy,unknown) differ" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-    result = run_cli("serve", "edge", "--model", int8, "--escalate-to", cloud.url, timeout=120)
+    bare = shutil.copytree(int8, tmp_path / "no-threshold")  # a copy from before convert stored escalate_below
+    spec = json.loads((bare / "cassava-model.json").read_text())
+    spec.pop("escalate_below", None)
+    (bare / "cassava-model.json").write_text(json.dumps(spec))
+    result = run_cli("serve", "edge", "--model", bare, "--escalate-to", cloud.url, "--http-port", free_port(),
+                     "--grpc-port", free_port(), "--metrics-port", free_port(), timeout=120)
     assert result.returncode == 2 and "pass --escalate-below P" in result.stderr
 
 

@@ -58,3 +58,18 @@ def test_grid_shows_mistakes_first_and_counts_what_it_leaves_out():
     assert caption == "36/40 right; showing 16 of 40 images (mistakes first), 24 not shown"
     few, caption = grid_selection([image] * 3, records[1:4])
     assert len(few) == 3 and caption == "3/3 right"
+
+
+def test_cloud_settled_images_are_counted_in_the_grid_and_the_summary():
+    from cassava.shared.client.output import summarize
+    from cassava.shared.client.plotting import grid_selection
+
+    image = np.zeros((8, 8, 3), np.uint8)
+    who = ["edge", "cloud", "cloud", "edge-provisional", "edge"]
+    records = [{"file": f"{i}.jpg", "label": "cmd", "prediction": "cmd", "probability": 0.9, "answered_by": by}
+               for i, by in enumerate(who)]
+    assert grid_selection([image] * 5, records)[1] == "5/5 right; 2 settled by the cloud (blue frame)"
+    assert summarize(records, "m", "edge").endswith(
+        "tier: edge; 2 settled by the cloud, 1 answered provisionally by the edge (cloud unreachable)")
+    plain = [{**r, "answered_by": None} for r in records]
+    assert summarize(plain, "m", "edge").endswith("tier: edge") and grid_selection([image] * 5, plain)[1] == "5/5 right"

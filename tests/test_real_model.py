@@ -39,7 +39,8 @@ def test_predict_cli_pins_20_of_27(real_model, real_photos, tmp_path):
     assert result.returncode == 0, result.stderr
     records = json.loads(out_json.read_text())
     assert len(records) == 27
-    assert set(records[0]) == {"file", "label", "prediction", "probability", "tier", "latency_ms"}
+    assert set(records[0]) == {"file", "label", "prediction", "probability", "tier", "answered_by", "latency_ms"}
+    assert records[0]["answered_by"] is None  # said only by an escalating edge
     assert sum(r["label"] == r["prediction"] for r in records) == 20
     assert "20/27 right" in result.stdout
     assert out_png.stat().st_size > 10_000

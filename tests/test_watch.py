@@ -9,6 +9,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from helpers import BIN, REPO, MLServer, converted, standin_args
@@ -268,3 +269,87 @@ def test_a_photo_the_cloud_refuses_is_recorded_once_and_the_rest_still_go(watch_
     for photo in photos[:2]:
         assert sent[photo.name]["status"] == 200 and sent[photo.name]["cloud_prediction"]
     assert served_after
+
+
+def test_escalate_to_settles_each_hard_or_audited_photo_once_across_kill_9_and_an_outage(watch_model, photos,
+                                                                                           tmp_path):
+    """Only the hard photos (threshold between the 3rd and 4th lowest confidence of the six) and the audited ones go
+    to a real cloud; the watch is killed with SIGKILL twice, the cloud is down in between; at the end every one of
+    them has exactly one settled line, and no other photo has any."""
+    from cassava.edge.interpreter import load_tflite_classifier
+    from cassava.edge.watch import audited
+    from cassava.shared.classifier import predict_pixels
+    from cassava.shared.preprocess import preprocess
+
+    model = load_tflite_classifier(watch_model.parent)
+    top = predict_pixels(model, np.stack([preprocess(p, 224) for p in photos])).max(axis=1)
+    cut = np.sort(top)
+    assert cut[2] < cut[3], "two photos with the same confidence at the cut"
+    below, rate = float(cut[2] + cut[3]) / 2, 0.5
+    hard = {p.name for p, t in zip(photos, top) if t < below}
+    audit = {p.name for p, t in zip(photos, top) if t >= below and audited(p.name, rate)}
+    assert audit, "the audit rate picked none of the confident photos: the audit path would go untested"
+    wanted = lambda names: (hard | audit) & set(names)  # noqa: E731
+
+    settings = json.loads((REPO / "cloud" / "model-settings.json").read_text())
+    settings["parameters"]["uri"] = "standin"
+    cloud = MLServer(tmp_path / "cloud", settings).start()
+    inbox, out, settled = tmp_path / "inbox", tmp_path / "results.jsonl", tmp_path / "results.settled.jsonl"
+    inbox.mkdir()
+    stderr = tmp_path / "watch.stderr"
+    args = ("--escalate-to", cloud.url, "--escalate-below", below, "--audit-rate", rate)
+
+    def start():
+        with open(stderr, "w") as handle:
+            return _watch(watch_model, inbox, out, *args, stderr=handle)
+
+    names = [p.name for p in photos]
+    proc = start()
+    try:
+        for photo in photos[:2]:
+            _drop(photo, inbox)
+        _wait_for(lambda: len(_lines(out)) >= 2 and len(_lines(settled)) >= len(wanted(names[:2])), what="2 settled")
+        os.killpg(proc.pid, signal.SIGKILL)  # power loss
+        proc.wait(10)
+        cloud.stop()  # and the uplink is down when it comes back
+        for photo in photos[2:4]:
+            _drop(photo, inbox)
+        proc = start()
+        _wait_for(lambda: len(_lines(out)) >= 4, what="4 results while offline")
+        if wanted(names[2:4]):
+            _wait_for(lambda: "paused: the cloud does not answer" in stderr.read_text(), what="escalation paused")
+        assert {r["id"] for r in _lines(settled)} == wanted(names[:2])
+        cloud.start()
+        _wait_for(lambda: len(_lines(settled)) >= len(wanted(names[:4])), what="the backlog settled")
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        for photo in photos[4:]:
+            _drop(photo, inbox)
+        with open(stderr, "w") as handle:
+            last = _watch(watch_model, inbox, out, *args, "--max-images", "2", stderr=handle)
+        assert last.wait(240) == 0, stderr.read_text()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        cloud.stop()
+    records = {r["id"]: r for r in _lines(out)}
+    assert sorted(r["id"] for r in _lines(out)) == sorted(names)  # each classified once
+    for name, record in records.items():
+        expected = "hard" if name in hard else "audit" if name in audit else None
+        assert record["escalate"] == expected
+        assert record["answered_by"] == ("edge-provisional" if name in hard else "edge")
+    lines = _lines(settled)
+    assert sorted(r["id"] for r in lines) == sorted(hard | audit)  # each settled exactly once, no other photo
+    for line in lines:
+        assert line["status"] == 200 and line["cloud_prediction"] and line["reason"] == records[line["id"]]["escalate"]
+        assert line["bytes"] == (inbox / line["id"]).stat().st_size  # the original file went
+    assert f"{len(hard)} hard photo(s) settled by the cloud; {len(audit)} audited" in stderr.read_text()
+
+
+def test_escalate_to_needs_a_threshold_and_excludes_forward(watch_model, tmp_path):
+    out = tmp_path / "out.jsonl"
+    _one_line_error(_watch(watch_model, tmp_path, out, "--escalate-to", "http://127.0.0.1:9", "--forward",
+                           "http://127.0.0.1:9"), "--forward sends every photo, --escalate-to only the hard ones")
+    _one_line_error(_watch(watch_model, tmp_path, out, "--audit-rate", "0.5"), "need --escalate-to URL")
+    _one_line_error(_watch(watch_model, tmp_path, out, "--escalate-to", "http://127.0.0.1:9", "--audit-rate", "2"),
+                    "--audit-rate 2.0: a fraction from 0 to 1")

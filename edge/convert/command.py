@@ -8,7 +8,7 @@ from cassava.shared.arguments import add_model_spec_arguments
 from cassava.shared.manifest import MANIFEST_FILE, SELFCHECK_FILE
 from cassava.shared.spec import REPORT_FILE, SPEC_FILE, TFLITE_FILE
 
-from .options import IO_TYPES, MIN_AGREEMENT, MODES, ConvertOptions
+from .options import DEFAULT_ESCALATION_TARGET, IO_TYPES, MIN_AGREEMENT, MODES, ConvertOptions
 from .pipeline import Refused, convert
 from .report import table
 from .verify import agreement_text
@@ -46,6 +46,11 @@ def add_arguments(parser):
                              "fewest first) until held-out top-1 agreement reaches A, e.g. 0.99; falls back to "
                              "dynamic-range when that is the smaller copy meeting A. Reports what was kept and its "
                              "cost")
+    parser.add_argument("--escalation-target", type=float, default=DEFAULT_ESCALATION_TARGET, metavar="T",
+                        help="store in the spec the confidence threshold (escalate_below) below which the edge sends "
+                             "an image to the cloud: the one escalating the fewest held-out images while agreement "
+                             f"with the source reaches T (default {DEFAULT_ESCALATION_TARGET}; README 'Joint "
+                             "inference')")
     add_model_spec_arguments(parser)
     parser.add_argument("--allow-float-fallback", action="store_true",
                         help="int8: keep ops that have no int8 kernel in float32 instead of failing")

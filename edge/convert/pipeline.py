@@ -167,6 +167,10 @@ def check_and_write(model: str, out: Path, options: ConvertOptions, tf, source, 
                 verification = verify(held, load_tflite_classifier(staging), list(spec.class_names),
                                       progress=not options.quiet)
             reason = refusal(verification, options.min_agreement, ops)
+        escalation = _escalation(verification, held, options.escalation_target)
+        if escalation:  # the spec carries the threshold the edge escalates below (README "Joint inference")
+            tflite_spec = tflite_spec.replace(escalate_below=escalation["threshold"])
+            tflite_spec.save(staging)
         accepted = verification is None or reason is None
         report = {
             "model": str(model), "source_path": str(path), "description": tflite_spec.title,
@@ -178,7 +182,7 @@ def check_and_write(model: str, out: Path, options: ConvertOptions, tf, source, 
             "min_agreement_rule": "refused when the 95% Wilson interval of top-1 agreement lies wholly below it",
             "accepted": accepted, "verified": verification is not None, "reason": reason,
             "sizes": {**saved_model_sizes(path), "tflite_bytes": len(content)},
-            "ops": ops, "float_ops": float_ops, "flex_ops": flex_ops, "selective": selective,
+            "ops": ops, "float_ops": float_ops, "flex_ops": flex_ops, "selective": selective, "escalation": escalation,
             "interpreter": BACKEND, "tensorflow": tf.__version__,
         }
         if spec.standin:
@@ -191,6 +195,18 @@ def check_and_write(model: str, out: Path, options: ConvertOptions, tf, source, 
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return report
+
+
+def _escalation(verification: Optional[dict], held: Held, target: float) -> Optional[dict]:
+    """The threshold meeting `target` agreement with the source on the held-out images, and its curve. Held out,
+    not the calibration images: the int8 copy agrees best on the images it was calibrated on, so a threshold chosen
+    there sends too few of new photos (README "Joint inference"). Takes the copy's answers out of `verification`."""
+    probabilities = verification.pop("probabilities", None) if verification else None
+    if probabilities is None or not len(probabilities):
+        return None
+    from cassava.shared.escalation import choose
+
+    return choose(probabilities, held.expected, target)
 
 
 def remove_outputs(out: Path, notify: Callable[[str], None] = _to_stderr) -> None:

@@ -40,6 +40,14 @@ def selective_rows(sel: dict) -> list:
     return rows
 
 
+def escalation_text(e: dict) -> str:
+    """'top probability < 0.5391: 13/150 escalated (8.7%) -> agreement 100.0% (alone 94.0%), target 99.5%'."""
+    score = {"top": "top probability"}.get(e["score"], e["score"])
+    return (f"{score} < {e['threshold']:.4g}: {e['escalated']}/{e['images']} held-out images "
+            f"escalated ({e['fraction_escalated']:.1%}) -> agreement {e['agreement']:.1%} (alone "
+            f"{e['edge_alone_agreement']:.1%}), target {e['target']:.1%}")
+
+
 def table(report: dict) -> str:
     v, s, io = report["verification"], report["sizes"], report["io"]
     input_scale = (f" (input scale {io['input']['scale']:.6g}, zero point {io['input']['zero_point']})"
@@ -65,6 +73,8 @@ def table(report: dict) -> str:
             rows.append(("top-1 vs labels",
                          f"source {v['source_right']}/{v['labelled']}, TFLite {v['tflite_right']}/{v['labelled']}"
                          + caveat))
+    if report.get("escalation"):
+        rows.append(("escalate below", escalation_text(report["escalation"])))
     if report.get("selective"):
         rows += selective_rows(report["selective"])
     ratio = s['tflite_bytes'] / max(1, s['source_variables_bytes'])

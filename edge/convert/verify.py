@@ -29,7 +29,8 @@ def predictions(model, pixels, what: str, progress: bool) -> np.ndarray:
 
 
 def verify(held: Held, tflite, class_names, progress: bool = True) -> dict:
-    """Top-1 agreement of the TFLite copy with the source's predictions, with its 95% Wilson interval."""
+    """Top-1 agreement of the TFLite copy with the source's predictions, with its 95% Wilson interval.
+    `probabilities`: the copy's answers (not JSON; the escalation threshold is chosen from them)."""
     from cassava.shared.evaluate.metrics import wilson_interval
 
     expected, labels = held.expected, held.labels
@@ -42,7 +43,7 @@ def verify(held: Held, tflite, class_names, progress: bool = True) -> dict:
               "agreement_ci95": list(wilson_interval(agree, images)),
               "non_finite_outputs": int(np.sum(~finite)),
               "max_abs_diff": float(diff.max()) if finite.all() else None,
-              "mean_abs_diff": float(diff.mean()) if finite.all() else None}
+              "mean_abs_diff": float(diff.mean()) if finite.all() else None, "probabilities": got}
     known = [i for i, label in enumerate(labels) if label in class_names]
     if known:
         truth = np.array([class_names.index(labels[i]) for i in known])

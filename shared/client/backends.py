@@ -25,6 +25,7 @@ class Predictions(NamedTuple):
     probabilities: np.ndarray  # float32 [N, C]
     class_names: tuple  # C names, in output order
     tiers: List[str]  # which tier answered each image
+    answered_by: Optional[List[str]] = None  # an escalating edge's `answered_by` per image (edge, cloud, ...)
 
 
 class InProcessBackend:
@@ -97,7 +98,7 @@ class ServerBackend:
     def classify(self, pixels: np.ndarray, samples: Optional[Sequence] = None) -> Predictions:
         from ..protocol.images import original_file
         from ..protocol.transport import TransportError, Unavailable
-        from ..protocol.v2 import build_request, decode_response
+        from ..protocol.v2 import build_request, decode_answered_by, decode_response
 
         request_id = f"{self._id_prefix}-{next(self._ids)}"
         photos = None
@@ -116,7 +117,11 @@ class ServerBackend:
         if probabilities.shape != (len(pixels), self.spec.num_classes):
             raise TransportError(f"the {tier} answered {probabilities.shape[0]} x {probabilities.shape[1]} "
                                  f"probabilities for {len(pixels)} images x {self.spec.num_classes} classes")
-        return Predictions(class_ids, probabilities, self._learn_names(class_ids, labels), [tier] * len(pixels))
+        answered_by = decode_answered_by(response)
+        if answered_by is not None and len(answered_by) != len(pixels):
+            raise TransportError(f"the {tier} answered {len(answered_by)} answered_by for {len(pixels)} images")
+        return Predictions(class_ids, probabilities, self._learn_names(class_ids, labels), [tier] * len(pixels),
+                           answered_by)
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         return self.classify(np.asarray(pixels, dtype=np.uint8)).probabilities

@@ -17,7 +17,7 @@ from ..preprocess import preprocess
 def _failed_record(sample: Sample, error: str, unanswered: bool) -> dict:
     """`unanswered`: the request failed (server or network), as opposed to an unreadable image."""
     return {"file": sample.name, "label": sample.label, "prediction": None, "probability": None,
-            "tier": None, "latency_ms": None, "error": error, "unanswered": unanswered}
+            "tier": None, "answered_by": None, "latency_ms": None, "error": error, "unanswered": unanswered}
 
 
 def classify_chunk(backend, chunk: List[Sample], size: int):
@@ -45,11 +45,13 @@ def classify_chunk(backend, chunk: List[Sample], size: int):
         else:
             latency_ms = (time.perf_counter() - started) * 1000.0 / len(good)
             names = answer.class_names
-            for sample, image, best, probs, tier in zip(good, batch, answer.class_ids, answer.probabilities,
-                                                        answer.tiers):
+            answered_by = answer.answered_by or [None] * len(good)
+            for sample, image, best, probs, tier, by in zip(good, batch, answer.class_ids, answer.probabilities,
+                                                            answer.tiers, answered_by):
                 results[id(sample)] = (image, {
                     "file": sample.name, "label": sample.label, "prediction": names[best],
-                    "probability": round(float(probs[best]), 6), "tier": tier, "latency_ms": round(latency_ms, 3),
+                    "probability": round(float(probs[best]), 6), "tier": tier, "answered_by": by,
+                    "latency_ms": round(latency_ms, 3),
                     "probabilities": {c: round(float(p), 6) for c, p in zip(names, probs)},
                 })
     return [results.get(id(s)) or (None, _failed_record(s, errors.get(id(s), "not classified"), id(s) in unanswered))

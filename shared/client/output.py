@@ -9,7 +9,8 @@ from typing import Optional
 
 from ..labels import display_name, top_k
 
-RECORD_KEYS = ("file", "label", "prediction", "probability", "tier", "latency_ms")
+# answered_by: an escalating edge's word per image (edge, cloud, edge-provisional); empty from other servers
+RECORD_KEYS = ("file", "label", "prediction", "probability", "tier", "answered_by", "latency_ms")
 
 
 def tier_summary(records, default: str) -> str:
@@ -30,13 +31,25 @@ def summarize(records, title: str, tier: str) -> str:
         text += f", {right}/{len(labelled)} right ({right / len(labelled):.1%})"
     if failed:
         text += f", {failed} failed (reported above)"
-    return f"{text}; model: {title}; tier: {tier}"
+    return f"{text}; model: {title}; tier: {tier}{escalation_summary(done)}"
+
+
+def escalation_summary(done) -> str:
+    """'; 5 settled by the cloud, 1 provisional' when the edge escalated; '' when no record says who answered."""
+    counts = Counter(r.get("answered_by") for r in done)
+    if not any(counts[k] for k in counts if k):
+        return ""
+    text = f"; {counts['cloud']} settled by the cloud"
+    if counts["edge-provisional"]:
+        text += f", {counts['edge-provisional']} answered provisionally by the edge (cloud unreachable)"
+    return text
 
 
 def top_k_text(record: dict, k: int = 3) -> str:
     """The classic Raspberry Pi classifier output: top guesses with display names, and the time it took."""
     ranked = top_k(record["probabilities"].values(), record["probabilities"].keys(), k)
-    lines = [f"{record['file']}  ({record['latency_ms']:.1f} ms, {record['tier']})"]
+    who = record["tier"] + (f", answered by {record['answered_by']}" if record.get("answered_by") else "")
+    lines = [f"{record['file']}  ({record['latency_ms']:.1f} ms, {who})"]
     lines += [f"  {i}. {display_name(name):<22} {name:<8} {p:6.1%}" for i, (name, p) in enumerate(ranked, 1)]
     return "\n".join(lines)
 

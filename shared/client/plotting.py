@@ -1,4 +1,5 @@
-"""Prediction grid: each image with its predicted and true label, green when right, red when wrong.
+"""Prediction grid: each image with its predicted and true label, green when right, red when wrong; an image the
+cloud settled for an escalating edge is framed in blue and says so.
 
 A readable grid holds 16 images, however many were classified: the mistakes come first (they are what a person
 checks), then the rest in order, and the title says how many images the grid leaves out."""
@@ -10,6 +11,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..labels import display_name
+
+CLOUD_COLOR = "#1f5fbf"  # the frame of a cloud-settled image
 
 
 def grid_selection(images: Sequence[np.ndarray], records: Sequence[dict], max_images: int = 16):
@@ -25,6 +28,9 @@ def grid_selection(images: Sequence[np.ndarray], records: Sequence[dict], max_im
     labelled = [r for _, r in classified if r.get("label") is not None]
     right = sum(r["label"] == r["prediction"] for r in labelled)
     caption = f"{right}/{len(labelled)} right" if labelled else "no labels"
+    settled = sum(r.get("answered_by") == "cloud" for _, r in classified)
+    if settled:
+        caption += f"; {settled} settled by the cloud (blue frame)"
     if len(classified) > len(pairs):
         order = "mistakes first" if mistakes else "the first"
         left_out = len(classified) - len(pairs)
@@ -58,6 +64,10 @@ def plot_predictions(images: Sequence[np.ndarray], records: Sequence[dict], titl
         else:
             color = "green" if truth == predicted else "red"
             text += f"\ntrue: {display_name(truth)}"
+        if record.get("answered_by") == "cloud":
+            text += "\nsettled by the cloud"
+            ax.add_patch(plt.Rectangle((0, 0), 1, 1, transform=ax.transAxes, fill=False, edgecolor=CLOUD_COLOR,
+                                       linewidth=4, clip_on=False))
         ax.set_title(text, color=color, fontsize=9)
     fig.suptitle(f"{title}\n{summary}", fontsize=11)
     fig.tight_layout()

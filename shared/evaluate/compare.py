@@ -174,8 +174,17 @@ def run_models(entries, pixels, args, progress: bool):
     return results, probs_by_name
 
 
+def joint_inference(args, entries, y_true, probs_by_name) -> List[Dict]:
+    """Per edge copy, agreement and accuracy if it escalated its hard images to the reference (escalation.py).
+    Not for --via: a server's answers may already be settled by the cloud (an escalating edge)."""
+    from .escalation import escalation_curves
+
+    return [] if args.via else escalation_curves(entries, y_true, probs_by_name)
+
+
 def compare(args) -> Dict:
-    """The comparison as a pipeline: arguments, images, models, pixels, predictions and timing, scores, result."""
+    """The comparison as a pipeline: arguments, images, models, pixels, predictions and timing, scores, joint
+    inference, result."""
     progress = not args.quiet
     notes: List[str] = []
     check_arguments(args)
@@ -187,8 +196,9 @@ def compare(args) -> Dict:
     results, probs_by_name = run_models(entries, pixels, args, progress)
     for result, scores in zip(results, score(y_true, probs_by_name, entries[0].name, all_classes)):
         result.update(scores)
-    return result_of(args, entries, kept, sizes, all_classes, results, probs_by_name, notes, via_text,
-                     calibration_text)
+    escalation = joint_inference(args, entries, y_true, probs_by_name)
+    return {**result_of(args, entries, kept, sizes, all_classes, results, probs_by_name, notes, via_text,
+                        calibration_text), "escalation": escalation}
 
 
 def result_of(args, entries, kept, sizes, all_classes, results, probs_by_name, notes, via_text,

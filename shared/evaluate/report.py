@@ -14,6 +14,7 @@ from typing import Dict, Optional
 from ..formatting import count_text, percent, size_text
 from ..labels import display_name
 from ..spec import STANDIN_NOTE
+from .escalation import escalation_section, plot_escalation
 
 SMALL_N = 100  # below this many labelled images the report warns that accuracy cannot be quoted
 
@@ -139,6 +140,7 @@ def render_markdown(result: Dict, figures: Dict[str, str]) -> str:
         lines += [f"> {note}", ""]
 
     lines += agreement_section(result)
+    lines += escalation_section(result)
     lines += ["## Summary", "",
               f"Accuracy with its 95% Wilson interval; agreement = images where the model's top-1 class equals the "
               f"reference's (`{reference}`); mean |Δp| = mean absolute difference of the probabilities from the "
@@ -308,7 +310,7 @@ def _json_safe(value):
 
 
 def write_report(result: Dict, out_dir, plots: bool = True) -> Dict[str, str]:
-    """report.md + report.json (+ confusion.png and tradeoff.png) in out_dir; returns their paths by name."""
+    """report.md + report.json (+ confusion.png, tradeoff.png, escalation.png) in out_dir; -> their paths by name."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths, figures = {}, {}
@@ -316,6 +318,9 @@ def write_report(result: Dict, out_dir, plots: bool = True) -> Dict[str, str]:
         paths["confusion"] = plot_confusions(result, out / "confusion.png")
         paths["tradeoff"] = plot_tradeoff(result, out / "tradeoff.png")
         figures = {"confusion matrices": "confusion.png", "accuracy vs latency vs size": "tradeoff.png"}
+        if result.get("escalation"):
+            paths["escalation"] = plot_escalation(result, out / "escalation.png", headline(result))
+            figures["agreement and accuracy vs fraction escalated"] = "escalation.png"
     (out / "report.json").write_text(json.dumps(_json_safe(result), indent=2) + "\n")
     paths["json"] = str(out / "report.json")
     (out / "report.md").write_text(render_markdown(result, figures))

@@ -23,7 +23,7 @@ from mlserver.types import InferenceRequest, InferenceResponse, MetadataTensor, 
 from ..budget import PixelLimits
 from ..preprocess import pixel_range_ok, to_model_input
 from ..spec import ModelSpec
-from . import CLASS_IDS, FLOAT_INPUT, LABELS, PHOTOS_INPUT, PIXELS_INPUT, PROBABILITIES, WIRE_FORMATS
+from . import ANSWERED_BY, CLASS_IDS, FLOAT_INPUT, LABELS, PHOTOS_INPUT, PIXELS_INPUT, PROBABILITIES, WIRE_FORMATS
 from .binary import BASE64, numpy_dtype, tensor_data
 from .images import BadPayload, ImagePayloadCodec
 
@@ -77,6 +77,14 @@ def decode_response(response: InferenceResponse):
     probabilities = NumpyCodec.decode_output(outputs[PROBABILITIES]).astype(np.float32)
     labels = [s if isinstance(s, str) else s.decode() for s in StringCodec.decode_output(outputs[LABELS])]
     return class_ids, probabilities.reshape(len(class_ids), -1), labels
+
+
+def decode_answered_by(response: InferenceResponse) -> Optional[List[str]]:
+    """An escalating edge's `answered_by` per image, or None when the server sent none."""
+    for output in response.outputs:
+        if output.name == ANSWERED_BY:
+            return [s if isinstance(s, str) else s.decode() for s in StringCodec.decode_output(output)]
+    return None
 
 
 # ---------------------------------------------------------------- server side: request -> model input

@@ -51,6 +51,9 @@ def add_arguments(parser):
                              "cassava-model.json escalate_below)")
     parser.add_argument("--escalate-timeout", type=float, metavar="S",
                         help="edge: seconds to wait for the cloud before answering provisionally (default 2)")
+    parser.add_argument("--audit-rate", type=float, metavar="R",
+                        help="edge: also send this fraction of the confident images to the cloud, in the background, "
+                             "to measure the edge's agreement where it was sure (default 0.02)")
     parser.add_argument("--allow-spec-change", action="store_true",
                         help="model store: let a new version change input size, pixel range or classes")
     parser.add_argument("--watch-interval", type=float, default=WATCH_INTERVAL_S,
@@ -218,12 +221,12 @@ def _cloud_spec(model, input_scale, classes, quiet: bool) -> dict:
 def escalation_flags(args, tier: str) -> dict:
     """--escalate-* as model-settings `parameters.extra` entries (edge/escalate.py says what they mean)."""
     given = {"escalate_to": args.escalate_to, "escalate_below": args.escalate_below,
-             "escalate_timeout_s": args.escalate_timeout}
+             "escalate_timeout_s": args.escalate_timeout, "escalate_audit_rate": args.audit_rate}
     given = {key: value for key, value in given.items() if value is not None}
     if given and tier != "edge":
         raise CassavaError("--escalate-to is for the edge tier (it sends the images it is unsure of to the cloud)")
     if given and not args.escalate_to:
-        raise CassavaError("--escalate-below and --escalate-timeout go with --escalate-to URL")
+        raise CassavaError("--escalate-below, --escalate-timeout and --audit-rate go with --escalate-to URL")
     return given
 
 

@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 
 from cassava.shared.errors import CassavaError
-from cassava.shared.escalation import candidate_thresholds, confidence, curve, is_hard, threshold_for
+from cassava.shared.escalation import (
+    at_threshold,
+    candidate_thresholds,
+    choose,
+    confidence,
+    curve,
+    is_hard,
+    point_for,
+    threshold_for,
+)
 from cassava.shared.spec import ModelSpec
 
 P = np.array([[0.7, 0.2, 0.1], [1 / 3, 1 / 3, 1 / 3], [0.5, 0.5, 0.0], [1.0, 0.0, 0.0]])
@@ -59,6 +68,28 @@ def test_threshold_for_sends_the_fewest_images_that_reach_the_target():
     assert threshold_for([0.5, 0.5, 0.8], [False, True, True], 1.0) == pytest.approx(0.65)  # ties go together
     with pytest.raises(ValueError, match="between 0 and 1"):
         threshold_for(scores, agreed, 1.5)
+
+
+def test_point_for_and_at_threshold_agree_with_the_curve():
+    scores, agreed = [0.4, 0.6, 0.9, 0.95], [False, True, False, True]
+    points = curve(scores, agreed)
+    assert point_for(points, 0.75) == points[1] and point_for(points, 0.76) == points[3]
+    assert at_threshold(scores, agreed, 0.925) == points[3]
+    assert at_threshold(scores, agreed, 0.5) == {"threshold": 0.5, "escalated": 1, "fraction_escalated": 0.25,
+                                                  "agreement": 0.75}
+
+
+def test_choose_compares_the_edge_with_the_full_model_and_reports_the_curve():
+    edge = np.array([[0.9, 0.1], [0.55, 0.45], [0.4, 0.6], [0.2, 0.8], [np.nan, 0.5]])
+    full = np.array([[1.0, 0.0], [0.3, 0.7], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
+    # edge agrees on images 0 and 2; image 1 (confidence 0.55) and 3 (0.8) disagree; image 4 is NaN: confidence 0
+    chosen = choose(edge, full, 0.995)
+    assert chosen["edge_alone_agreement"] == pytest.approx(0.4) and chosen["images"] == 5
+    assert chosen["threshold"] == pytest.approx(0.85)  # 0.8 must go, so 0.55, 0.6 and NaN go with it; 0.9 stays
+    assert (chosen["escalated"], chosen["agreement"], chosen["fraction_escalated"]) == (4, 1.0, pytest.approx(0.8))
+    assert chosen["curve"] == curve([0.9, 0.55, 0.6, 0.8, 0.0], [True, False, True, False, False])
+    assert choose(edge, full, 0.6)["threshold"] == pytest.approx(0.275)  # the NaN image (confidence 0) goes first
+    assert choose(edge, full, 0.4)["threshold"] == 0.0 and choose(edge, full, 0.4)["score"] == "top"
 
 
 def test_the_spec_carries_a_threshold_and_checks_it():
