@@ -116,8 +116,9 @@ def plot_escalation(result: Dict, path, title: str) -> str:
         ax.set_xlabel("fraction of images escalated to the cloud model")
         ax.set_ylabel(what)
         ax.grid(alpha=0.3)
+        ax.set_ylim(top=min(ax.get_ylim()[1], 1.005))  # both are fractions: no axis above 100 %
     axes[0].legend(fontsize=8, loc="lower right")
-    fig.suptitle(f"{title} — joint inference: what escalating the hard images buys", fontsize=10)
+    fig.suptitle(f"{title}\njoint inference: what escalating the hard images buys", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
