@@ -47,12 +47,12 @@ class EdgeRuntime(ImageClassifierRuntime):
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
         if self.escalation is None:
             return await super().predict(payload)
-        serving = self._serving  # one version answers the whole request (see the shared runtime)
-        request_input = self.validate(payload, serving)
-        x = await self.decode(request_input, serving)
-        probabilities, answered_by = await self.escalation.settle(x, await self.batch(x, serving),
-                                                                  lambda: original_photos(request_input))
-        return self.encode(probabilities, payload, serving, more={ANSWERED_BY: answered_by_output(answered_by)})
+        with self._serving as serving:  # one version answers the whole request (see the shared runtime)
+            request_input = self.validate(payload, serving)
+            x = await self.decode(request_input, serving)
+            probabilities, answered_by = await self.escalation.settle(x, await self.batch(x, serving),
+                                                                      lambda: original_photos(request_input))
+            return self.encode(probabilities, payload, serving, more={ANSWERED_BY: answered_by_output(answered_by)})
 
     async def metadata(self) -> MetadataModelResponse:
         metadata = await super().metadata()

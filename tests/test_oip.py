@@ -85,7 +85,7 @@ def test_grpc_answers_only_the_requested_outputs(standin_servers, photo_files, t
 
     from cassava.shared.protocol.v2 import build_request
 
-    request = build_request("photo", photo_files=photo_files[:2], grpc=True)
+    request = build_request("photo", photos=photo_files[:2], grpc=True)
     request.outputs = [RequestOutput(name="labels")]
     assert [o.name for o in _grpc_infer(standin_servers[tier], request).outputs] == ["labels"]
     request.outputs = [RequestOutput(name="nosuch")]
@@ -161,7 +161,7 @@ def test_metric_labels_are_only_known_models_and_one_version(standin_servers, ph
     from cassava.shared.protocol.v2 import build_request
 
     server = standin_servers[tier]
-    one = build_request("photo", photo_files=photo_files[:1], grpc=True)
+    one = build_request("photo", photos=photo_files[:1], grpc=True)
     assert infer_json(server, {"inputs": []}).status_code == 400  # a failure of the known model
     with grpc.insecure_channel(server.grpc_address) as channel:
         stub = dataplane_pb2_grpc.GRPCInferenceServiceStub(channel)
@@ -173,7 +173,7 @@ def test_metric_labels_are_only_known_models_and_one_version(standin_servers, ph
                                 timeout=10)
             assert error.value.code() == grpc.StatusCode.NOT_FOUND
     _still_serving(server, photo_files)  # REST
-    _grpc_infer(server, build_request("photo", photo_files=photo_files[:1], grpc=True))  # gRPC
+    _grpc_infer(server, build_request("photo", photos=photo_files[:1], grpc=True))  # gRPC
     series = _series(server.metrics())
     assert series, "no model_infer_request_* series"
     assert {labels["model"] for _, labels in series} == {"cassava", "<unknown>"}

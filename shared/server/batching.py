@@ -32,28 +32,15 @@ class MicroBatcher:
         self._carry = None
         self._task = None
         self._running = set()  # the loop keeps only weak references to tasks: hold running batches here
-        self._pending = 0  # requests given to predict() and not yet answered
 
     async def predict(self, x: np.ndarray) -> np.ndarray:
         if not isinstance(x, np.ndarray) or x.ndim < 1:  # checked here: a bad item in the queue would stall a batch
             raise TypeError(f"MicroBatcher.predict takes a batch array, got {type(x).__name__}")
-        self._pending += 1  # before any await: a swap that follows sees this request as in flight
-        try:
-            future = asyncio.get_running_loop().create_future()
-            await self._queue.put((x, future))
-            if self._task is None or self._task.done():
-                self._task = asyncio.create_task(self._collect())
-            return await future
-        finally:
-            self._pending -= 1
-
-    async def drain(self, timeout: float = 120.0) -> bool:
-        """Wait until every request handed to this batcher has its answer (a swapped-out model's in-flight ones).
-        -> False when some were still waiting after `timeout` seconds."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        while self._pending and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.01)
-        return not self._pending
+        future = asyncio.get_running_loop().create_future()
+        await self._queue.put((x, future))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._collect())
+        return await future
 
     async def _next(self, timeout: float):
         if self._carry is not None:

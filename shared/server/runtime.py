@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import NamedTuple, Optional
+from typing import Optional
 
 import grpc
 import numpy as np
@@ -66,12 +66,29 @@ def _metrics():
     return _METRICS
 
 
-class Serving(NamedTuple):
-    """The model version that answers a request: taken once when the request arrives, so a store swap in between
-    never mixes two versions in one answer (their classifier, micro-batcher and version name)."""
-    classifier: Classifier
-    batcher: MicroBatcher
-    version: Optional[str]
+class Serving:
+    """The model version that answers a request: its classifier, micro-batcher and version name, taken once when the
+    request arrives (`with runtime._serving as serving:`), so a store swap never mixes two versions in one answer.
+    It counts the requests using it, so a swapped-out version is closed only after the last one is answered."""
+
+    def __init__(self, classifier: Classifier, batcher: MicroBatcher, version: Optional[str]):
+        self.classifier, self.batcher, self.version = classifier, batcher, version
+        self._users = 0  # requests between arrival and answer (event-loop only: no lock needed)
+
+    def __enter__(self) -> "Serving":
+        self._users += 1
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._users -= 1
+
+    async def drain(self, timeout: float = 120.0) -> bool:
+        """Wait until no request uses this version. -> False when some still did after `timeout` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._users and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        return not self._users
 
 
 class ImageClassifierRuntime(MLModel):
@@ -158,12 +175,12 @@ class ImageClassifierRuntime(MLModel):
         )
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
-        serving = self._serving  # one version answers the whole request, whatever a store swap does meanwhile
-        request_input = self.validate(payload, serving)
-        # Photos are decoded and resized off the event loop (a large JPEG takes milliseconds), within the pixel budget.
-        x = await self.decode(request_input, serving)
-        probabilities = await self.batch(x, serving)
-        return self.encode(probabilities, payload, serving)
+        with self._serving as serving:  # one version answers the whole request, whatever a store swap does meanwhile
+            request_input = self.validate(payload, serving)
+            # Photos are decoded and resized off the event loop (a large JPEG takes ms), within the pixel budget.
+            x = await self.decode(request_input, serving)
+            probabilities = await self.batch(x, serving)
+            return self.encode(probabilities, payload, serving)
 
     def validate(self, payload: InferenceRequest, serving: Serving):
         """-> the request's one image input, its envelope checked (BadRequest: 4xx with a message)."""
@@ -249,7 +266,7 @@ class ImageClassifierRuntime(MLModel):
         self._store.served(version, classifier.spec)
         self._settings.versions = [str(version)]
         log.info("model %s: store version %s serves now (was %s)", self.name, version, old.version)
-        if not await old.batcher.drain():
+        if not await old.drain():
             log.warning("model %s: version %s still had requests after 120 s; closing it", self.name, old.version)
         old.batcher.close()
 
