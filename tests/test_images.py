@@ -317,9 +317,9 @@ def test_edge_bundle_installs_and_serves_offline_on_arm64(edge_image, real_int8,
     script = f"""set -e
 cd /tmp && tar xzf /bundle/{bundle.name}
 ./cassava-edge/install.sh /tmp/cassava
-/tmp/cassava/bin/cassava serve edge --model /tmp/cassava/model > /tmp/serve.log 2>&1 &
+/tmp/cassava/bin/cassava serve edge --model /tmp/cassava/models > /tmp/serve.log 2>&1 &
 for i in $(seq 1 600); do grep -q 'cassava (edge) on' /tmp/serve.log && break; sleep 1; done
-grep 'cassava (edge) on' /tmp/serve.log
+grep 'cassava (edge) on' /tmp/serve.log || {{ cat /tmp/serve.log; exit 1; }}
 /tmp/cassava/bin/python /bundle/client.py /photo.jpg
 """
     proc = docker("run", "--rm", "--network", "none", "--platform", "linux/arm64",
