@@ -158,7 +158,7 @@ def test_runtime_reads_interpreter_settings_from_parameters_extra(standin_int8):
     edge = runtime(pool_size=3, num_threads=2)
     assert asyncio.run(edge.load())
     assert edge.classifier.pool_size == 3 and edge.classifier.num_threads == 2
-    assert edge._batcher._executor._max_workers == 3  # concurrent batches default to the pool size
+    assert edge._serving.batcher._executor._max_workers == 3  # concurrent batches default to the pool size
     asyncio.run(edge.unload())
     with pytest.raises(CassavaError, match="no input tensor named 'wrong:0'"):
         asyncio.run(runtime(input_tensor="wrong:0").load())
