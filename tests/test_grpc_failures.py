@@ -105,14 +105,15 @@ def test_a_model_still_loading_is_unavailable_and_retried_until_it_answers(loadi
     try:
         # MLServer's ServerReady says true here (no model registered yet, so none is unready): only ModelReady tells
         assert once.model_ready() is False
-        with pytest.raises(Unavailable, match="INVALID_ARGUMENT"):  # not Rejected: nothing is wrong with the request
+        # UNAVAILABLE (conformance.py; MLServer says INVALID_ARGUMENT): nothing is wrong with the request
+        with pytest.raises(Unavailable, match="UNAVAILABLE: Model cassava .*is not ready yet"):
             once.infer(build_request("uint8", pixels=_pixels(1), grpc=True))
     finally:
         once.close()
-    rest = HttpTransport(server.url, retries=0, timeout=10)  # REST says the same: MLServer's 400 "not ready yet"
+    rest = HttpTransport(server.url, retries=0, timeout=10)  # REST says the same: 503 (MLServer: 400) "not ready yet"
     try:
         assert rest.model_ready() is False
-        with pytest.raises(Unavailable, match="HTTP 400: Model cassava is not ready yet"):
+        with pytest.raises(Unavailable, match="HTTP 503: Model cassava is not ready yet"):
             rest.infer(build_request("uint8", pixels=_pixels(1)))
     finally:
         rest.close()

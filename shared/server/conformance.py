@@ -9,6 +9,9 @@
   gRPC ops        `grpc.health.v1.Health/Check` (Kubernetes' gRPC probes, grpc_health_probe) and server reflection
                   (grpcurl) on the gRPC port, beside MLServer's inference and model repository services.
                   Health/Watch (streaming) stays UNIMPLEMENTED: probes call Check.
+  not ready       a request to a model still loading is 503 / gRPC UNAVAILABLE (MLServer: 400 / INVALID_ARGUMENT,
+                  a "bad request"), so clients retry it as the transient fault it is; a client that asked whether
+                  the model was ready after a 400 could find it ready by then and give up on a good request.
   gRPC logs       a client's mistake (an MLServerError below 500: bad input, unknown model, too large) is one INFO
                   line, not an ERROR with a traceback; server faults stay ERROR with their traceback.
 
@@ -117,13 +120,37 @@ def _patch_grpc_server():
     GRPCServer._create_server = _create_server
 
 
+NOT_READY_STATUS = 503
+
+
+def _patch_not_ready():
+    import grpc
+    from mlserver import errors
+    from mlserver.grpc.utils import STATUS_CODE_MAPPING
+
+    STATUS_CODE_MAPPING.setdefault(NOT_READY_STATUS, grpc.StatusCode.UNAVAILABLE)
+    init = errors.ModelNotReady.__init__
+    if getattr(init, _MARK, False):
+        return
+
+    def __init__(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.status_code = NOT_READY_STATUS
+
+    setattr(__init__, _MARK, True)
+    errors.ModelNotReady.__init__ = __init__
+
+
 class ClientMistakes(logging.Filter):
-    """On MLServer's gRPC logger: an MLServerError below 500 (the client's mistake) becomes one INFO line."""
+    """On MLServer's gRPC logger: an MLServerError below 500 (the client's mistake), or a model still loading, becomes
+    one INFO line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        from mlserver.errors import ModelNotReady
+
         error = record.exc_info[1] if record.exc_info else None
         status = getattr(error, "status_code", 500)
-        if error is not None and isinstance(status, int) and status < 500:
+        if error is not None and isinstance(status, int) and (status < 500 or isinstance(error, ModelNotReady)):
             record.levelno, record.levelname = logging.INFO, logging.getLevelName(logging.INFO)
             record.msg, record.args = f"gRPC request refused ({status}): {error}", ()
             record.exc_info = record.exc_text = None
@@ -138,6 +165,7 @@ def _grpc_logger():
 
 def install() -> None:
     _patch_data_plane()
+    _patch_not_ready()
     _patch_grpc_server()
     logger = _grpc_logger()
     if not any(isinstance(f, ClientMistakes) for f in logger.filters):
@@ -161,8 +189,15 @@ def check_in_force() -> None:
         ("bounded metric labels", all(isinstance(p._ModelInferRequestFailure, _KnownLabels) for p in planes)),
         ("gRPC health and reflection", getattr(GRPCServer._create_server, _MARK, False)),
         ("gRPC client-mistake logging", any(isinstance(f, ClientMistakes) for f in _grpc_logger().filters)),
+        ("503 while a model loads", _not_ready_is_unavailable()),
     ) if not ok]
     if missing:
         raise CassavaError(f"cassava's MLServer conformance patches are not in force ({', '.join(missing)}): refusing "
                            "to serve. Is settings.json's model_repository_implementation "
                            "cassava.shared.server.repository.CassavaModelRepository?")
+
+
+def _not_ready_is_unavailable() -> bool:
+    from mlserver.errors import ModelNotReady
+
+    return ModelNotReady("model").status_code == NOT_READY_STATUS
