@@ -27,6 +27,7 @@ from typing import Iterator, Optional, Tuple
 
 import numpy as np
 
+from cassava.shared.arguments import add_escalation_arguments
 from cassava.shared.data import IMAGE_SUFFIXES
 from cassava.shared.errors import BadImage, CassavaError
 from cassava.shared.escalation import DEFAULT_AUDIT_RATE
@@ -44,15 +45,9 @@ def add_arguments(parser):
                         help="append one JSON line per image here")
     parser.add_argument("--forward", metavar="URL",
                         help="also send each photo to this cloud base URL (store-and-forward)")
-    parser.add_argument("--escalate-to", metavar="URL",
-                        help="send only the hard photos (and --audit-rate of the confident ones) to this cloud base "
-                             "URL, store-and-forward; the cloud's answers go to <out>.settled.jsonl")
-    parser.add_argument("--escalate-below", type=float, metavar="P",
-                        help="--escalate-to: a photo is hard when the edge's top probability is below P (default: "
-                             "the model's escalate_below, chosen by cassava convert)")
-    parser.add_argument("--audit-rate", type=float, default=DEFAULT_AUDIT_RATE, metavar="R",
-                        help=f"--escalate-to: also send this fraction of the confident photos, to measure the edge's "
-                             f"agreement with the cloud where it was sure (default {DEFAULT_AUDIT_RATE})")
+    add_escalation_arguments(parser, "photos", "send only the hard photos (and --audit-rate of the confident ones) "
+                             "to this cloud base URL, store-and-forward; the cloud's answers go to <out>.settled.jsonl",
+                             audit_default=DEFAULT_AUDIT_RATE)
     parser.add_argument("--frames-dir", type=Path, help="where camera frames are saved (default: <out>.frames/)")
     parser.add_argument("--max-images", type=int, default=0,
                         help="stop after this many new images (0 = run until stopped)")

@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ..arguments import add_model_spec_arguments
+from ..arguments import add_escalation_arguments, add_model_spec_arguments
 from ..budget import DEFAULT_MAX_DECODING_PIXELS, DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_REQUEST_PIXELS, PixelLimits
 from ..cache import STANDIN_VERSION
 from ..errors import CassavaError
@@ -43,17 +43,10 @@ def add_arguments(parser):
     parser.add_argument("--workers", type=int, help="MLServer parallel_workers: model copies in worker processes "
                                                      "(default from settings.json: 0 = in the server process)")
     add_model_spec_arguments(parser)
-    parser.add_argument("--escalate-to", metavar="URL",
-                        help="edge: send the images the edge model is unsure of to the cloud tier at URL "
-                             "(http://HOST:PORT or the Seldon ingress path) and answer with its result")
-    parser.add_argument("--escalate-below", type=float, metavar="P",
-                        help="edge: an image is unsure when its top probability is below P (default: the model's "
-                             "cassava-model.json escalate_below)")
+    add_escalation_arguments(parser, "images", "edge: send the images the edge model is unsure of to the cloud tier "
+                             "at URL (http://HOST:PORT or the Seldon ingress path) and answer with its result")
     parser.add_argument("--escalate-timeout", type=float, metavar="S",
                         help="edge: seconds to wait for the cloud before answering provisionally (default 2)")
-    parser.add_argument("--audit-rate", type=float, metavar="R",
-                        help="edge: also send this fraction of the confident images to the cloud, in the background, "
-                             "to measure the edge's agreement where it was sure (default 0.02)")
     parser.add_argument("--allow-spec-change", action="store_true",
                         help="model store: let a new version change input size, pixel range or classes")
     parser.add_argument("--watch-interval", type=float, default=WATCH_INTERVAL_S,
