@@ -190,15 +190,19 @@ class Nginx:
 
 
 class Served(LoopbackPorts, ServerProcess):
-    """`cassava serve TIER --model MODEL` on free loopback ports, in its own process group."""
+    """`cassava serve TIER --model MODEL [FLAGS]` on free loopback ports, in its own process group (start() it again
+    after a stop to come back on the same ports)."""
 
-    def __init__(self, workdir: Path, tier: str, model, env=None):
+    def __init__(self, workdir: Path, tier: str, model, *flags, env=None):
         self.tier = tier
         self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
-        command = [BIN / "cassava", "serve", tier, "--model", model, "--http-port", self.http_port,
+        command = [BIN / "cassava", "serve", tier, "--model", model, *flags, "--http-port", self.http_port,
                    "--grpc-port", self.grpc_port, "--metrics-port", self.metrics_port]
-        super().__init__(command, f"{self.url}/v2/models/cassava/ready", workdir / f"{tier}.log",
+        super().__init__(command, f"{self.url}/v2/models/cassava/ready", Path(workdir) / f"{tier}.log",
                          env={**os.environ, **(env or {})}, name=f"cassava serve {tier}")
+
+    def signal_group(self, sig) -> None:
+        os.killpg(self.process.pid, sig)
 
     def metrics(self) -> str:
         return httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).text

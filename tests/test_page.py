@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from browser import emulate, missing, phone_browser, requested_urls
-from helpers import BIN, REAL_MODEL, REAL_PHOTOS, converted, free_port, real_args, require_shared
+from helpers import REAL_MODEL, REAL_PHOTOS, Served, converted, real_args, require_shared
 
 pytestmark = pytest.mark.slow
 
@@ -40,15 +40,7 @@ def chromium():
 
 def serve_edge(model: Path, workdir: Path, *flags):
     """`cassava serve edge --model MODEL` as a real process on free loopback ports, ready (stop() ends it)."""
-    from cassava.shared.server.process import ServerProcess
-
-    http, grpc, metrics = free_port(), free_port(), free_port()
-    command = [BIN / "cassava", "serve", "edge", "--model", model, "--http-port", http, "--grpc-port", grpc,
-               "--metrics-port", metrics, *flags]
-    server = ServerProcess(command, f"http://127.0.0.1:{http}/v2/models/cassava/ready", workdir / "serve.log",
-                           name="cassava serve edge")
-    server.url = f"http://127.0.0.1:{http}"
-    return server.start(180)
+    return Served(workdir, "edge", model, *flags).start(180)
 
 
 @pytest.fixture(scope="module")
