@@ -16,7 +16,6 @@ re-derives the same backlog; the cloud's answers go to `<out>.settled.jsonl`, th
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import math
 import os
@@ -31,6 +30,7 @@ from cassava.shared.arguments import add_escalation_arguments
 from cassava.shared.data import IMAGE_SUFFIXES
 from cassava.shared.errors import BadImage, CassavaError
 from cassava.shared.escalation import DEFAULT_AUDIT_RATE
+from cassava.shared.policy import AUDIT, HARD, EscalationPolicy
 
 TOP_K = 3
 
@@ -148,20 +148,14 @@ def open_camera(source: str):
     return capture, cv2
 
 
-def audited(image_id: str, rate: float) -> bool:
-    """Is this confident photo one of the audited fraction? A hash of its id, not a random draw: a photo classified
-    again after a power cut gets the same answer, so the backlog re-derived at start-up is the same."""
-    return int(hashlib.sha256(image_id.encode()).hexdigest()[:8], 16) / 2 ** 32 < rate
-
-
 def escalation_of(probabilities: np.ndarray, image_id: str, below: float, audit_rate: float) -> dict:
     """What the record says about escalation: the confidence, `escalate` (hard, audit or None) and who answered."""
     from cassava.shared.escalation import confidence
 
-    score = float(confidence(probabilities[None])[0])
-    escalate = "hard" if score < below else "audit" if audited(image_id, audit_rate) else None
-    return {"confidence": round(score, 6), "escalate": escalate,
-            "answered_by": "edge-provisional" if escalate == "hard" else "edge"}
+    decision, = EscalationPolicy(escalate_below=below, audit_rate=audit_rate).decide(probabilities[None], [image_id])
+    escalate = decision if decision in (HARD, AUDIT) else None
+    return {"confidence": round(float(confidence(probabilities[None])[0]), 6), "escalate": escalate,
+            "answered_by": "edge-provisional" if escalate == HARD else "edge"}
 
 
 class Forwarder:

@@ -41,7 +41,7 @@ def test_a_file_is_taken_once_its_size_held_still_for_a_poll(tmp_path):
 
 
 def test_audits_are_a_stable_fraction_of_the_photos():
-    from cassava.edge.watch import audited
+    from cassava.shared.policy import audited
 
     ids = [f"IMG_{i:04d}.jpg" for i in range(4000)]
     chosen = [i for i in ids if audited(i, 0.05)]
