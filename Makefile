@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export CASSAVA_CACHE ?= $(HOME)/.cache/cassava
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install demo test test-unit lint compare bench images clean system-deps kserve-client
+.PHONY: help install demo test test-unit lint compare bench images clean system-deps image-deps kserve-client
 
 help:
 	@echo "make demo     offline demo: stand-in model, cloud + edge servers, plots and report in out/demo"
@@ -29,15 +29,21 @@ install: $(STAMP)
 
 # nginx plays the Seldon ingress in the --remote tests; docker, qemu and debootstrap build and run the images in
 # tests/test_images.py (which starts dockerd and registers qemu itself); chromium and its driver run the phone page
-# in tests/test_page.py. Installed from Debian when missing (CI is root).
-SYSTEM_DEPS := nginx:nginx-light dockerd:docker.io qemu-aarch64-static:qemu-user-static debootstrap:debootstrap \
-	chromium:chromium chromedriver:chromium-driver
-system-deps:
-	@missing="$$(for dep in $(SYSTEM_DEPS); do command -v $${dep%%:*} >/dev/null 2>&1 || [ -x /usr/sbin/$${dep%%:*} ] \
+# in tests/test_page.py. Installed from Debian when missing (as root; otherwise it says what to install).
+IMAGE_DEPS := dockerd:docker.io qemu-aarch64-static:qemu-user-static debootstrap:debootstrap
+SYSTEM_DEPS := nginx:nginx-light chromium:chromium chromedriver:chromium-driver $(IMAGE_DEPS)
+# $(call apt_missing,COMMAND:PACKAGE ...): apt-get install the packages whose command is missing.
+define apt_missing
+	@missing="$$(for dep in $(1); do command -v $${dep%%:*} >/dev/null 2>&1 || [ -x /usr/sbin/$${dep%%:*} ] \
 	  || echo $${dep#*:}; done)"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
-	  else echo "not installed: $$missing (apt-get install them as root); tests that need them will say so"; fi; fi
+	  else echo "not installed: $$missing (apt-get install them as root); what needs them will say so"; fi; fi
+endef
+system-deps:
+	$(call apt_missing,$(SYSTEM_DEPS))
+image-deps:
+	$(call apt_missing,$(IMAGE_DEPS))
 
 demo: install
 	$(BIN)/cassava demo --out out/demo
@@ -80,3 +86,6 @@ clean:
 	rm -rf out .pytest_cache
 
 -include deploy/images.mk
+
+# `make images` installs what the image builds need as `make test` does (as root), or says what to install.
+images-cloud images-edge: image-deps

@@ -12,10 +12,10 @@ from typing import List, Sequence
 
 import numpy as np
 
-# Scores compared on the real model (README "Joint inference"); every one is in [0, 1], higher = more confident.
+# Scores compared on the real model (docs/joint-inference.md); every one is in [0, 1], higher = more confident.
 SCORES = ("top", "margin", "entropy")
 # The one the server uses. On the real model and photos, top probability escalated the fewest images for the same
-# agreement (README "Joint inference": the measured curve); it is also the simplest to explain.
+# agreement (docs/joint-inference.md: the measured curve); it is also the simplest to explain.
 SCORE = "top"
 # The fraction of confident images also sent to the cloud, to measure the edge's agreement where it was sure (the
 # audited agreement). 2%: with a threshold escalating up to ~10% of images that adds ~2% of traffic, and at 100 photos

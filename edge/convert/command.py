@@ -49,8 +49,8 @@ def add_arguments(parser):
     parser.add_argument("--escalation-target", type=float, default=DEFAULT_ESCALATION_TARGET, metavar="T",
                         help="store in the spec the confidence threshold (escalate_below) below which the edge sends "
                              "an image to the cloud: the one escalating the fewest held-out images while agreement "
-                             f"with the source reaches T (default {DEFAULT_ESCALATION_TARGET}; README 'Joint "
-                             "inference')")
+                             f"with the source reaches T (default {DEFAULT_ESCALATION_TARGET}; "
+                             "docs/joint-inference.md)")
     add_model_spec_arguments(parser)
     parser.add_argument("--allow-float-fallback", action="store_true",
                         help="int8: keep ops that have no int8 kernel in float32 instead of failing")

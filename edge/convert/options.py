@@ -15,7 +15,7 @@ VARIANT_NAMES = {"int8": "int8", "dynamic": "dynamic-range int8 weights", "float
 # exists for agree on under 50 % (NaN from a Keras 3 model saved the wrong way, calibration on black images).
 MIN_AGREEMENT = 0.95
 DEFAULT_SAMPLES = 200
-# The agreement with the source the stored escalation threshold aims at (`escalate_below`, README "Joint inference"):
+# The agreement with the source the stored escalation threshold aims at (`escalate_below`, docs/joint-inference.md):
 # 99.5 %, the issue's target, about the agreement float16 copies reach (150/150 held-out photos) at a fraction of the
 # traffic of sending everything. On the usual 150-300 verification images it means "every held-out disagreement is
 # escalated" (149/150 = 99.3 % misses it), the most a sample that size can promise of new photos.

@@ -168,7 +168,7 @@ def check_and_write(model: str, out: Path, options: ConvertOptions, tf, source, 
                                       progress=not options.quiet)
             reason = refusal(verification, options.min_agreement, ops)
         escalation = _escalation(verification, held, options.escalation_target)
-        if escalation:  # the spec carries the threshold the edge escalates below (README "Joint inference")
+        if escalation:  # the spec carries the threshold the edge escalates below (docs/joint-inference.md)
             tflite_spec = tflite_spec.replace(escalate_below=escalation["threshold"])
             tflite_spec.save(staging)
         accepted = verification is None or reason is None
@@ -200,7 +200,7 @@ def check_and_write(model: str, out: Path, options: ConvertOptions, tf, source, 
 def _escalation(verification: Optional[dict], held: Held, target: float) -> Optional[dict]:
     """The threshold meeting `target` agreement with the source on the held-out images, and its curve. Held out,
     not the calibration images: the int8 copy agrees best on the images it was calibrated on, so a threshold chosen
-    there sends too few of new photos (README "Joint inference"). Takes the copy's answers out of `verification`."""
+    there sends too few of new photos (docs/joint-inference.md). Takes the copy's answers out of `verification`."""
     probabilities = verification.pop("probabilities", None) if verification else None
     if probabilities is None or not len(probabilities):
         return None

@@ -12,7 +12,7 @@ This module itself imports nothing heavy: the CLI reads the wire-format names wi
 # Input names a request may carry (exactly one per request), and the outputs every answer has.
 FLOAT_INPUT, PIXELS_INPUT, PHOTOS_INPUT = "payload", "pixels", "photos"
 CLASS_IDS, PROBABILITIES, LABELS = "class_ids", "probabilities", "labels"
-# An escalating edge's extra output (README "Joint inference"): per image, who answered (edge, cloud, edge-provisional).
+# An escalating edge's extra output (docs/joint-inference.md): per image, who answered (edge, cloud, edge-provisional).
 ANSWERED_BY = "answered_by"
 
 # The client's wire formats: how a request carries the images (see v2.build_request).
