@@ -78,7 +78,8 @@ def tier_for_model(model: str) -> TierInfo:
 
 # What shared/ code calls inside a tier, by name: the one door from shared/ up into the tiers.
 TOOLS = {
-    "convert": ("edge", "cassava.edge.convert.command:convert_argv"),  # `cassava convert ARGV` as a function
+    "convert": ("edge", "cassava.edge.convert.pipeline:convert"),  # convert(model, out, ConvertOptions, notify)
+    "convert_options": ("edge", "cassava.edge.convert.options:ConvertOptions"),
     "resolve_model_path": ("cloud", "cassava.cloud.model:resolve_model_path"),  # MODEL -> its SavedModel folder
     "escalation_preflight": ("edge", "cassava.edge.escalate:preflight"),  # `serve edge --escalate-to` checks
 }

@@ -82,20 +82,3 @@ def run(args) -> int:
                if (args.out / name).is_file()]
     print(f"wrote {', '.join(map(str, written[:-1]))} and {written[-1]}")
     return 0
-
-
-def convert_argv(argv, notify=None) -> dict:
-    """`cassava convert ARGV` as a function, for `cassava compare`: the very flags and defaults of the command,
-    nothing printed (notes go to `notify`, dropped by default); -> the report. A bad ARGV is a CassavaError."""
-    import argparse
-
-    from cassava.shared.errors import CassavaError
-
-    class Parser(argparse.ArgumentParser):
-        def error(self, message):
-            raise CassavaError(message)
-
-    parser = Parser(prog="cassava convert", add_help=False)
-    add_arguments(parser)
-    args = parser.parse_args([str(a) for a in argv])
-    return convert(args.model, args.out, ConvertOptions.from_args(args), notify or (lambda line: None))

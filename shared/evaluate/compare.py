@@ -10,11 +10,12 @@ into OUT/edge-models/ (conversion.py), and the report says which images calibrat
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 import sys
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -58,6 +59,30 @@ def add_arguments(parser):
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+@dataclasses.dataclass
+class CompareOptions:
+    """What `cassava compare` is asked to do (the command's flags, by the same names)."""
+    data: Sequence[str]
+    cloud_model: str = CROPNET_HANDLE
+    edge_model: Optional[Sequence[str]] = None
+    out: Path = Path("out/compare")
+    n: int = 0
+    input_scale: Optional[float] = None
+    classes: Optional[Sequence[str]] = None
+    calibration: Optional[Sequence[str]] = None
+    variants: str = ",".join(DEFAULT_VARIANTS)
+    via: Optional[str] = None
+    latency_images: int = 40
+    batch_size: int = 16
+    plots: bool = True
+    quiet: bool = False
+
+    @classmethod
+    def from_args(cls, args) -> "CompareOptions":
+        values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if f.name != "plots"}
+        return cls(**values, plots=not args.no_plots)
+
+
 def score(y_true, probs_by_name: Dict[str, np.ndarray], reference: str, class_names) -> List[Dict]:
     """The numbers for each model (in the dict's order): accuracy, CI, F1, per-class, confusion, and agreement
     and |Δp| against the reference model's probabilities. Pure: no models, no files."""
@@ -81,34 +106,34 @@ def score(y_true, probs_by_name: Dict[str, np.ndarray], reference: str, class_na
 # ---------------------------------------------------------------------------------------------- the steps
 
 
-def check_arguments(args) -> None:
-    if args.n < 0:
+def check_arguments(options) -> None:
+    if options.n < 0:
         raise CassavaError("-n must be 0 (all) or more")
-    if args.batch_size < 1 or args.latency_images < 0:
+    if options.batch_size < 1 or options.latency_images < 0:
         raise CassavaError("--batch-size must be at least 1 and --latency-images at least 0")
 
 
-def labelled_samples(args, notes: List[str]):
-    samples = load_samples(args.data, args.n or None)
+def labelled_samples(options, notes: List[str]):
+    samples = load_samples(options.data, options.n or None)
     labelled = [s for s in samples if s.label is not None]
     if not labelled:
-        raise CassavaError(f"--data {describe(args.data)}: no labelled images "
+        raise CassavaError(f"--data {describe(options.data)}: no labelled images "
                            "(give a folder with one sub-folder per class)")
     if len(labelled) < len(samples):
         notes.append(f"{len(samples) - len(labelled)} unlabelled image(s) ignored.")
     return labelled
 
 
-def models_to_compare(args, notes: List[str], progress: bool):
+def models_to_compare(options, notes: List[str], progress: bool):
     """-> (entries, the reference first; how they run; which images calibrated int8)."""
-    if args.via:
-        entries = via_entries(args.via, args.classes)
+    if options.via:
+        entries = via_entries(options.via, options.classes)
         return entries, "running servers over HTTP: " + ", ".join(f"{e.name} = {e.path}" for e in entries), None
-    cloud = load_cloud(args)
-    edge_paths = list(args.edge_model) if args.edge_model else \
-        convert_variants(args, Path(args.out) / "edge-models", progress)
+    cloud = load_cloud(options.cloud_model, options.input_scale, options.classes)
+    edge_paths = list(options.edge_model) if options.edge_model else \
+        convert_variants(options, Path(options.out) / "edge-models", progress)
     entries = [cloud] + edge_entries(edge_paths, cloud)
-    calibration_text, warnings = conversion_notes(entries, describe(args.data))
+    calibration_text, warnings = conversion_notes(entries, describe(options.data))
     notes += warnings
     return (entries, "in this process (TensorFlow for the cloud model, the LiteRT interpreter for the TFLite copies)",
             calibration_text)
@@ -150,7 +175,7 @@ def _model_input(entry, pixels: np.ndarray) -> np.ndarray:
     return to_model_input(pixels, entry.spec.input_scale)
 
 
-def run_models(entries, pixels, args, progress: bool):
+def run_models(entries, pixels, options, progress: bool):
     """-> (a result row per model, probabilities by model name): the accuracy pass, then the timing."""
     from .latency import measure_latency, server_latency
     from .measure import predict_batches
@@ -158,15 +183,15 @@ def run_models(entries, pixels, args, progress: bool):
     results, probs_by_name = [], {}
     for entry in entries:
         x = _model_input(entry, pixels[entry.spec.input_size])
-        probs, images_per_s = predict_batches(entry.classifier, x, args.batch_size, entry.name, progress)
+        probs, images_per_s = predict_batches(entry.classifier, x, options.batch_size, entry.name, progress)
         probs_by_name[entry.name] = probs
-        timed = x[:args.latency_images]
+        timed = x[:options.latency_images]
         latency = None
-        if args.latency_images and not args.via:
+        if options.latency_images and not options.via:
             if progress:
                 print(f"timing {entry.name} on {len(timed)} images, one at a time ...", file=sys.stderr, flush=True)
-            latency = measure_latency(entry, args, timed)
-        elif args.latency_images:
+            latency = measure_latency(entry, timed)
+        elif options.latency_images:
             latency = server_latency(entry.classifier, timed)
         results.append({"name": entry.name, "path": entry.path, "format": entry.format, "kind": entry.kind,
                         "size_bytes": entry.size_bytes, "spec_title": entry.spec.title,
@@ -174,64 +199,64 @@ def run_models(entries, pixels, args, progress: bool):
     return results, probs_by_name
 
 
-def joint_inference(args, entries, y_true, probs_by_name) -> List[Dict]:
+def joint_inference(options, entries, y_true, probs_by_name) -> List[Dict]:
     """Per edge copy, agreement and accuracy if it escalated its hard images to the reference (escalation.py).
     Not for --via: a server's answers may already be settled by the cloud (an escalating edge)."""
     from .escalation import escalation_curves
 
-    return [] if args.via else escalation_curves(entries, y_true, probs_by_name)
+    return [] if options.via else escalation_curves(entries, y_true, probs_by_name)
 
 
-def compare(args) -> Dict:
+def compare(options) -> Dict:
     """The comparison as a pipeline: arguments, images, models, pixels, predictions and timing, scores, joint
     inference, result."""
-    progress = not args.quiet
+    progress = not options.quiet
     notes: List[str] = []
-    check_arguments(args)
-    labelled = labelled_samples(args, notes)
-    entries, via_text, calibration_text = models_to_compare(args, notes, progress)
+    check_arguments(options)
+    labelled = labelled_samples(options, notes)
+    entries, via_text, calibration_text = models_to_compare(options, notes, progress)
     all_classes = class_list(entries, labelled, notes)
     kept, pixels, sizes = read_pixels(labelled, entries, notes, progress)
     y_true = np.array([all_classes.index(s.label) for s in kept])
-    results, probs_by_name = run_models(entries, pixels, args, progress)
+    results, probs_by_name = run_models(entries, pixels, options, progress)
     for result, scores in zip(results, score(y_true, probs_by_name, entries[0].name, all_classes)):
         result.update(scores)
-    escalation = joint_inference(args, entries, y_true, probs_by_name)
-    return {**result_of(args, entries, kept, sizes, all_classes, results, probs_by_name, notes, via_text,
+    escalation = joint_inference(options, entries, y_true, probs_by_name)
+    return {**result_of(options, entries, kept, sizes, all_classes, results, probs_by_name, notes, via_text,
                         calibration_text), "escalation": escalation}
 
 
-def result_of(args, entries, kept, sizes, all_classes, results, probs_by_name, notes, via_text,
+def result_of(options, entries, kept, sizes, all_classes, results, probs_by_name, notes, via_text,
               calibration_text) -> Dict:
     """What report.md, report.json and the summary are written from."""
     from .report import machine_line, small_n_warning
 
     cloud = entries[0]
     class_names = tuple(cloud.spec.class_names)
-    standin = bool(cloud.spec.standin or is_standin_data(args.data)
-                   or (model_kind(args.cloud_model) == "standin" and not args.via))
-    title = (f"V2 servers {', '.join(e.name for e in entries)}" if args.via
+    standin = bool(cloud.spec.standin or is_standin_data(options.data)
+                   or (model_kind(options.cloud_model) == "standin" and not options.via))
+    title = (f"V2 servers {', '.join(e.name for e in entries)}" if options.via
              else f"{cloud.spec.title}: cloud TF vs edge TFLite")
     if standin and STANDIN_NOTE not in title:
         title += f" ({STANDIN_NOTE})"
     n = len(kept)
     return {
-        "title": title, "standin": standin, "cloud_model": cloud.path if args.via else args.cloud_model,
+        "title": title, "standin": standin, "cloud_model": cloud.path if options.via else options.cloud_model,
         "reference": cloud.name,
-        "data": describe(args.data), "n": n, "class_names": all_classes,
+        "data": describe(options.data), "n": n, "class_names": all_classes,
         "small_n_warning": small_n_warning(n, results[0]["accuracy_ci95"]),
         "preprocessing": ("each image decoded and resized once (bilinear, as tf.image.resize) to uint8 "
                           f"{'/'.join(f'{s}x{s}' for s in sizes)}; every model got the same pixels, scaled to its own "
                           "input range"),
         "calibration": calibration_text or (
-            "n/a (servers)" if args.via
+            "n/a (servers)" if options.via
             else "unknown (no conversion-report.json beside the int8 model)" if any("int8" in e.name for e in entries)
             else None),
         "via": via_text, "threads_all": os.cpu_count() or 1, "notes": notes,
-        "throughput_note": (f"images per second over the whole accuracy pass in batches of {args.batch_size} "
-                            + ("per HTTP request, the servers' own threads (after one warm-up request)" if args.via else
-                               "(TFLite runs a batch one image at a time), all threads, model calls only "
-                               "(after one warm-up batch)")),
+        "throughput_note": (f"images per second over the whole accuracy pass in batches of {options.batch_size} "
+                            + ("per HTTP request, the servers' own threads (after one warm-up request)"
+                               if options.via else "(TFLite runs a batch one image at a time), all threads, model "
+                               "calls only (after one warm-up batch)")),
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": machine_line(),
         "models": results,
@@ -273,8 +298,9 @@ def summary_lines(result: Dict) -> List[str]:
 def run(args) -> int:
     from .report import write_report
 
-    result = compare(args)
-    paths = write_report(result, args.out, plots=not args.no_plots)
+    options = CompareOptions.from_args(args)
+    result = compare(options)
+    paths = write_report(result, options.out, plots=options.plots)
     print("\n".join(summary_lines(result)))
     print(f"report: {paths['md']}  (also {', '.join(Path(p).name for k, p in paths.items() if k != 'md')})")
     return 0

@@ -1,4 +1,4 @@
-"""Without `--edge-model`, `cassava compare` converts the cloud model itself: which `cassava convert` arguments per
+"""Without `--edge-model`, `cassava compare` converts the cloud model itself: which `convert` options per
 variant, the conversions (through the edge tier's `convert`, reused when nothing changed), and what their reports
 say about calibration."""
 from __future__ import annotations
@@ -16,51 +16,48 @@ from ..spec import REPORT_FILE, TFLITE_FILE, model_kind
 STAMP_FILE = "compare-source.json"  # beside each converted copy: what it was converted from, and how
 
 
-def conversion_plan(args) -> Dict[str, List[str]]:
-    """`cassava convert` arguments per variant, and where int8's calibration images come from.
+def conversion_plan(options) -> Dict[str, dict]:
+    """`convert` options per variant (ConvertOptions' field names), and where int8's calibration images come from.
 
     - the stand-in: the converter's own default, the synthetic train split (disjoint from the validation photos);
     - --calibration given: those images calibrate, the evaluation images verify;
     - otherwise (say the 27 real photos) there is nothing else to calibrate on: the first half of the evaluation
       images calibrates int8 and the other half verifies it, and the report says so loudly.
-    The converter's own agreement gate is off (--min-agreement 0): here agreement is what is being measured."""
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    The converter's own agreement gate is off (min_agreement 0): here agreement is what is being measured."""
+    variants = [v.strip() for v in options.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in ("int8", "dynamic", "float16", "none")]
     if unknown or not variants or len(set(variants)) != len(variants):
-        raise CassavaError(f"--variants {args.variants}: expected some of int8,dynamic,float16,none")
-    standin = model_kind(args.cloud_model) == "standin"
-    verify = [] if standin else ["--verify-data", *args.data]
+        raise CassavaError(f"--variants {options.variants}: expected some of int8,dynamic,float16,none")
+    standin = model_kind(options.cloud_model) == "standin"
+    verify = {} if standin else {"verify_data": list(options.data)}
     plan = {}
     for variant in variants:
-        extra = ["--min-agreement", "0", "--quiet"]
-        if variant == "int8" and args.calibration:
-            extra += ["--calibration", *args.calibration, *verify]
+        chosen = {"quantize": variant, "min_agreement": 0.0, "quiet": True}
+        if variant == "int8" and options.calibration:
+            chosen.update(calibration=list(options.calibration), **verify)
         elif variant == "int8" and not standin:
-            total = len(load_samples(args.data))
+            total = len(load_samples(options.data))
             if total < 2:
                 raise CassavaError("int8 needs calibration images: pass --calibration DATA "
                                    "(or --variants dynamic,float16)")
-            extra += ["--calibration", *args.data, "--samples", str(min(200, total // 2))]
+            chosen.update(calibration=list(options.data), samples=min(200, total // 2))
         elif variant != "int8":
-            extra += verify
-        plan[variant] = extra
+            chosen.update(verify)
+        plan[variant] = chosen
     return plan
 
 
-def convert_variants(args, out_dir: Path, progress: bool) -> List[str]:
-    """Convert the cloud model to each variant, in this process, with exactly the arguments `cassava convert` would
-    get. A copy is reused when its stamp (the model's identity and those arguments) is unchanged."""
+def convert_variants(options, out_dir: Path, progress: bool) -> List[str]:
+    """Convert the cloud model to each variant, in this process, through the edge tier's `convert`. A copy is
+    reused when its stamp (the model's identity and the conversion's options) is unchanged."""
     from ..tiers import tool
 
     paths = []
-    for variant, extra in conversion_plan(args).items():
+    for variant, chosen in conversion_plan(options).items():
         target = out_dir / variant
-        command = ["--model", args.cloud_model, "--out", str(target), "--quantize", variant, *extra]
-        if args.input_scale:
-            command += ["--input-scale", f"{args.input_scale:g}"]
-        if args.classes:
-            command += ["--classes", ",".join(args.classes)]
-        stamp = {"cloud_model": _identity(args.cloud_model), "command": command}
+        convert_options = tool("convert_options")(**chosen, input_scale=options.input_scale,
+                                                  classes=list(options.classes) if options.classes else None)
+        stamp = {"cloud_model": _identity(options.cloud_model), "options": convert_options.as_dict()}
         stamp_file = target / STAMP_FILE
         if (target / TFLITE_FILE).is_file() and stamp_file.is_file():
             try:
@@ -70,10 +67,10 @@ def convert_variants(args, out_dir: Path, progress: bool) -> List[str]:
             except json.JSONDecodeError:
                 pass
         if progress:
-            print(f"converting {args.cloud_model} -> {target} ({variant}) ...", file=sys.stderr, flush=True)
+            print(f"converting {options.cloud_model} -> {target} ({variant}) ...", file=sys.stderr, flush=True)
         stamp_file.unlink(missing_ok=True)  # a failed conversion must not leave an old stamp that matches
         try:
-            tool("convert")(command)
+            tool("convert")(options.cloud_model, target, convert_options, notify=lambda line: None)
         except CassavaError as exc:
             raise CassavaError(f"converting the cloud model to {variant} failed: cassava convert: error: "
                                f"{str(exc)[:400]}") from None

@@ -52,19 +52,18 @@ def _tflite_format(variant: str, spec) -> str:
     return described.get(variant, f"TFLite {variant}")
 
 
-def load_cloud(args) -> Entry:
+def load_cloud(model: str, input_scale=None, classes=None) -> Entry:
     from ..classifier import load_classifier
     from ..tiers import tool
 
-    model = args.cloud_model
-    overrides = {"input_scale": args.input_scale, "classes": args.classes}
+    overrides = {"input_scale": input_scale, "classes": classes}
     if model_kind(model) == "tflite":
         classifier = load_classifier(model, num_threads=os.cpu_count(), **overrides)
         return Entry(CLOUD_NAME.replace("TF", "TFLite"), model, "TFLite", "tflite", classifier, disk_size(model),
                      overrides)
     classifier = load_classifier(model, **overrides)
     path = tool("resolve_model_path")(model)
-    return Entry(CLOUD_NAME, str(model), "TF SavedModel (float32)", "tf", classifier, disk_size(path))
+    return Entry(CLOUD_NAME, str(model), "TF SavedModel (float32)", "tf", classifier, disk_size(path), overrides)
 
 
 def edge_overrides(path: str, cloud: Entry) -> dict:

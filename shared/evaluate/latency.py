@@ -24,7 +24,7 @@ def latency_summary(times) -> Dict:
     return {**percentiles_ms(times), "images": len(times)}
 
 
-def measure_latency(entry, args, x: np.ndarray) -> Dict:
+def measure_latency(entry, x: np.ndarray) -> Dict:
     """p50/p95 per image at 1 thread and at all threads for one in-process model (`x`: its model input)."""
     from ..classifier import load_classifier
 
@@ -35,7 +35,7 @@ def measure_latency(entry, args, x: np.ndarray) -> Dict:
                 "threads_all": latency_summary(time_per_image(entry.classifier, x)),
                 "note": f"TFLite: LiteRT interpreter with num_threads=1 and num_threads={cores} (os.cpu_count())"}
     result = {"threads_all": latency_summary(time_per_image(entry.classifier, x))}
-    one = tf_latency_one_thread(args, x)
+    one = tf_latency_one_thread(entry.path, entry.overrides, x)
     if "error" in one:
         result["threads_1"] = None
         result["note"] = f"TF: 'all threads' is TF's default thread pools ({cores} cores); {one['error']}"
@@ -52,13 +52,15 @@ def server_latency(classifier, x: np.ndarray) -> Dict:
             "threads_1": None, "note": "server: HTTP round trip per image, the server's own threads"}
 
 
-def tf_latency_one_thread(args, x: np.ndarray) -> Dict:
-    """The cloud model's time per image at 1 thread, measured by `main` in a fresh process."""
+def tf_latency_one_thread(model: str, overrides: dict, x: np.ndarray) -> Dict:
+    """The cloud model's time per image at 1 thread, measured by `main` in a fresh process. `overrides`: its
+    input_scale and classes, as it was loaded here."""
     with tempfile.TemporaryDirectory() as tmp:
         pixels, job_file = Path(tmp) / "x.npy", Path(tmp) / "job.json"
         np.save(pixels, x)
-        job_file.write_text(json.dumps({"model": args.cloud_model, "input_scale": args.input_scale,
-                                        "classes": list(args.classes) if args.classes else None,
+        classes = overrides.get("classes")
+        job_file.write_text(json.dumps({"model": model, "input_scale": overrides.get("input_scale"),
+                                        "classes": list(classes) if classes else None,
                                         "x": str(pixels), "threads": 1}))
         result = subprocess.run([sys.executable, "-m", __name__, str(job_file)], capture_output=True, text=True,
                                 env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""})

@@ -1,12 +1,12 @@
 """How `cassava predict` reconciles its mode flags (`chosen_mode`) and which `cassava convert` arguments
-`cassava compare` gives each variant (`conversion_plan`), from the real parser's arguments."""
+`cassava compare` gives each variant's `convert` (`conversion_plan`), from the real parser's arguments."""
 from __future__ import annotations
 
 import pytest
 
 from cassava.shared.client.predict import chosen_mode
 from cassava.shared.errors import CassavaError
-from cassava.shared.evaluate.compare import conversion_plan
+from cassava.shared.evaluate.compare import CompareOptions, conversion_plan
 
 from helpers import parse_args
 
@@ -47,14 +47,14 @@ def test_contradicting_mode_flags_are_one_cassava_error(extra, message):
 
 
 def compare_args(*extra):
-    return parse_args("compare", *extra)
+    return CompareOptions.from_args(parse_args("compare", *extra))
 
 
 def test_the_standin_converts_each_variant_with_its_own_defaults():
     plan = conversion_plan(compare_args("--cloud-model", "standin", "--data", "standin"))
     assert list(plan) == ["int8", "dynamic", "float16"]  # the default variants, in order
-    for extra in plan.values():
-        assert extra == ["--min-agreement", "0", "--quiet"]  # the converter's train/validation split; gate off
+    for variant, chosen in plan.items():  # the converter's train/validation split; gate off
+        assert chosen == {"quantize": variant, "min_agreement": 0.0, "quiet": True}
 
 
 def test_given_calibration_calibrates_int8_and_the_evaluation_images_verify(photo_folder):
@@ -62,15 +62,17 @@ def test_given_calibration_calibrates_int8_and_the_evaluation_images_verify(phot
     plan = conversion_plan(compare_args("--cloud-model", "model_dir", "--data", data, "--calibration", calibration,
                                         "--variants", "int8,none"))
     assert plan == {
-        "int8": ["--min-agreement", "0", "--quiet", "--calibration", str(calibration), "--verify-data", str(data)],
-        "none": ["--min-agreement", "0", "--quiet", "--verify-data", str(data)],
+        "int8": {"quantize": "int8", "min_agreement": 0.0, "quiet": True, "calibration": [str(calibration)],
+                 "verify_data": [str(data)]},
+        "none": {"quantize": "none", "min_agreement": 0.0, "quiet": True, "verify_data": [str(data)]},
     }
 
 
 def test_without_calibration_int8_calibrates_on_half_the_evaluation_images(photo_folder):
     data = photo_folder({"cbb": 5, "cmd": 4})  # 9 images: 4 calibrate, the converter's split
     plan = conversion_plan(compare_args("--cloud-model", "model_dir", "--data", data, "--variants", "int8"))
-    assert plan["int8"] == ["--min-agreement", "0", "--quiet", "--calibration", str(data), "--samples", "4"]
+    assert plan["int8"] == {"quantize": "int8", "min_agreement": 0.0, "quiet": True, "calibration": [str(data)],
+                            "samples": 4}
 
 
 def test_without_calibration_int8_on_one_image_is_refused(photo_folder):
@@ -78,7 +80,8 @@ def test_without_calibration_int8_on_one_image_is_refused(photo_folder):
     with pytest.raises(CassavaError, match="int8 needs calibration images"):
         conversion_plan(compare_args("--cloud-model", "model_dir", "--data", data))
     plan = conversion_plan(compare_args("--cloud-model", "model_dir", "--data", data, "--variants", "dynamic"))
-    assert plan == {"dynamic": ["--min-agreement", "0", "--quiet", "--verify-data", str(data)]}
+    assert plan == {"dynamic": {"quantize": "dynamic", "min_agreement": 0.0, "quiet": True,
+                                "verify_data": [str(data)]}}
 
 
 @pytest.mark.parametrize("variants", ["", "int4", "int8,int8", "int8,,dynamic,fp16", " , "])
