@@ -2,7 +2,6 @@
 shows 16 images, mistakes first, and says how many it leaves out."""
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 
@@ -31,15 +30,15 @@ def test_a_folder_is_classified_whole_by_default(standin_data, tmp_path):
 def test_tfds_split_default_is_said():
     from cassava.shared.client.predict import TFDS_DEFAULT_N, default_limit
 
-    assert default_limit(argparse.Namespace(n=None, data=["some/folder", "leaf.jpg"])) == 0  # 0 = everything
-    assert default_limit(argparse.Namespace(n=5, data=["tfds:cassava/validation"])) == 5
-    assert default_limit(argparse.Namespace(n=None, data=["tfds:cassava/validation"])) == TFDS_DEFAULT_N
+    assert default_limit(None, ["some/folder", "leaf.jpg"]) == 0  # 0 = everything
+    assert default_limit(5, ["tfds:cassava/validation"]) == 5
+    assert default_limit(None, ["tfds:cassava/validation"]) == TFDS_DEFAULT_N
 
 
 def test_tfds_split_default_is_printed(capsys):
     from cassava.shared.client.predict import TFDS_DEFAULT_N, default_limit
 
-    default_limit(argparse.Namespace(n=None, data=["tfds:cassava/test"]))
+    default_limit(None, ["tfds:cassava/test"])
     err = capsys.readouterr().err
     assert f"classifying the first {TFDS_DEFAULT_N} images of tfds:cassava/test" in err and "-n 0" in err
 

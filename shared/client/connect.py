@@ -18,21 +18,22 @@ REMOTE_WIRE = "compact"
 INGRESS_URL = "http://localhost:8003"  # `kubectl port-forward` to the Seldon/Istio ingress, as in Seldon's docs
 
 
-def chosen_mode(args) -> str:
+def chosen_mode(options) -> str:
     """The one place the mode flags are reconciled (`--edge URL` is also --auto's preferred tier)."""
-    if args.auto:
-        others = [f for f, v in (("--in-process", args.in_process), ("--local", args.local), ("--remote", args.remote))
+    if options.auto:
+        others = [f for f, v in (("--in-process", options.in_process), ("--local", options.local),
+                                 ("--remote", options.remote))
                   if v is not None and v is not False]
         if others:
             raise CassavaError(f"--auto chooses between --edge and --cloud; drop {', '.join(others)} "
                                "(give the cloud as --cloud URL)")
         return "auto"
-    given = [m for m, v in (("in-process", args.in_process), ("local", args.local), ("remote", args.remote),
-                            ("edge", args.edge))
+    given = [m for m, v in (("in-process", options.in_process), ("local", options.local), ("remote", options.remote),
+                            ("edge", options.edge))
              if v is not None and v is not False]
     if len(given) > 1:
         raise CassavaError(f"choose one of --{', --'.join(given)}")
-    if args.cloud:
+    if options.cloud:
         raise CassavaError("--cloud is the --auto fallback; for the cloud alone use --local URL or --remote URL")
     return given[0] if given else "in-process"
 
@@ -48,45 +49,46 @@ def remote_url(url: Optional[str], namespace: str, deployment: str) -> str:
     return base if urlsplit(base).path else f"{base}/seldon/{namespace}/{deployment}"
 
 
-def make_backend(args, mode: str):
-    """The backend for `mode` (from `chosen_mode(args)`)."""
+def make_backend(options, mode: str):
+    """The backend for `mode` (from `chosen_mode(options)`); `options`: predict's PredictOptions."""
     if mode == "in-process":
-        return InProcessBackend(args.model or CROPNET_HANDLE, input_scale=args.input_scale, classes=args.classes)
-    if args.model:
+        return InProcessBackend(options.model or CROPNET_HANDLE, input_scale=options.input_scale,
+                                classes=options.classes)
+    if options.model:
         raise CassavaError("--model is for --in-process; a server classifies with the model it serves "
                            "(cassava serve --model)")
-    if args.timeout <= 0 or args.retries < 0 or args.probe_interval <= 0:
+    if options.timeout <= 0 or options.retries < 0 or options.probe_interval <= 0:
         raise CassavaError("--timeout and --probe-interval must be above 0, --retries 0 or more")
-    route, tier = make_route(args, mode)
+    route, tier = make_route(options, mode)
     try:
-        wire = args.wire or (REMOTE_WIRE if mode == "remote" else DEFAULT_WIRE)
-        return ServerBackend(route, wire=wire, input_scale=args.input_scale, classes=args.classes, tier=tier)
+        wire = options.wire or (REMOTE_WIRE if mode == "remote" else DEFAULT_WIRE)
+        return ServerBackend(route, wire=wire, input_scale=options.input_scale, classes=options.classes, tier=tier)
     except BaseException:
         route.close()
         raise
 
 
-def make_route(args, mode: str):
+def make_route(options, mode: str):
     """-> (route, tier name): one server, or --auto's edge with the cloud as fallback."""
     from ..protocol.transport import make_transport
     from .routing import Endpoint, FailoverRoute, SingleRoute
 
-    grpc = bool(args.grpc or args.grpc_url)
-    options = dict(timeout=args.timeout, retries=args.retries)
+    grpc = bool(options.grpc or options.grpc_url)
+    retrying = dict(timeout=options.timeout, retries=options.retries)
     if mode == "auto":
-        if args.grpc_url:
+        if options.grpc_url:
             raise CassavaError("--auto with --grpc uses each tier's HTTP port + 1; --grpc-url names one server only")
         # A connection error on the edge is an answer in itself: fall back at once rather than retry a dead Pi.
-        edge = Endpoint("edge", make_transport(args.edge or EDGE_URL, args.model_name, grpc,
-                                               **{**options, "retries": 0}))
-        cloud = Endpoint("cloud", make_transport(args.cloud or LOCAL_URL, args.model_name, grpc, **options))
-        return FailoverRoute(edge, cloud, probe_interval_s=args.probe_interval), "auto"
+        edge = Endpoint("edge", make_transport(options.edge or EDGE_URL, options.model_name, grpc,
+                                               **{**retrying, "retries": 0}))
+        cloud = Endpoint("cloud", make_transport(options.cloud or LOCAL_URL, options.model_name, grpc, **retrying))
+        return FailoverRoute(edge, cloud, probe_interval_s=options.probe_interval), "auto"
     headers = ()
     if mode == "remote":
-        url = remote_url(args.remote, args.namespace, args.deployment)
-        headers = (("seldon", args.deployment), ("namespace", args.namespace))  # Seldon's gRPC routing headers
+        url = remote_url(options.remote, options.namespace, options.deployment)
+        headers = (("seldon", options.deployment), ("namespace", options.namespace))  # Seldon's gRPC routing
     else:
-        url = args.local if mode == "local" else args.edge
+        url = options.local if mode == "local" else options.edge
     tier = "edge" if mode == "edge" else "cloud"
-    transport = make_transport(url, args.model_name, grpc, args.grpc_url, headers, **options)
+    transport = make_transport(url, options.model_name, grpc, options.grpc_url, headers, **retrying)
     return SingleRoute(Endpoint(tier, transport)), tier

@@ -13,8 +13,9 @@ This module is the command: the flags, then `connect.py` (which backend), `class
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 from ..arguments import add_model_spec_arguments
 from ..console import say
@@ -26,7 +27,8 @@ from .classify import classify_samples
 from .connect import EDGE_URL, INGRESS_URL, LOCAL_URL, REMOTE_WIRE, chosen_mode, make_backend
 from .output import summarize, tier_summary, top_k_text, write_outputs
 
-__all__ = ["add_arguments", "run", "classify_and_report", "chosen_mode", "classify_samples", "default_limit"]
+__all__ = ["add_arguments", "run", "PredictOptions", "classify_and_report", "chosen_mode", "classify_samples",
+           "default_limit"]
 # A TFDS split holds thousands of images (cassava/validation: 1,889) that are downloaded and decoded first: by
 # default classify 200, enough for an accuracy within about ±7 points, and say so.
 TFDS_DEFAULT_N = 200
@@ -79,12 +81,47 @@ def add_arguments(parser):
     out.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def default_limit(args) -> int:
+@dataclasses.dataclass
+class PredictOptions:
+    """What `cassava predict` is asked to do: the command's flags, by the same names."""
+    data: Sequence[str]
+    in_process: bool = False
+    local: Optional[str] = None
+    remote: Optional[str] = None
+    edge: Optional[str] = None
+    auto: bool = False
+    cloud: Optional[str] = None
+    namespace: str = "default"
+    deployment: str = "cassava"
+    model_name: str = MODEL_NAME
+    model: Optional[str] = None
+    n: Optional[int] = None
+    batch_size: int = 16
+    input_scale: Optional[float] = None
+    classes: Optional[Sequence[str]] = None
+    wire: Optional[str] = None
+    grpc: bool = False
+    grpc_url: Optional[str] = None
+    concurrency: int = 2
+    timeout: float = 30.0
+    retries: int = 3
+    probe_interval: float = 3.0
+    plot: Optional[Path] = None
+    json: Optional[Path] = None
+    csv: Optional[Path] = None
+    quiet: bool = False
+
+    @classmethod
+    def from_args(cls, args) -> "PredictOptions":
+        return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
+def default_limit(n: Optional[int], data: Sequence[str]) -> int:
     """-n, or its default: everything given, except a TFDS split (thousands of images, downloaded and decoded
     first): its first TFDS_DEFAULT_N, said on stderr."""
-    if args.n is not None:
-        return args.n
-    splits = [str(d) for d in args.data if str(d).startswith("tfds:")]
+    if n is not None:
+        return n
+    splits = [str(d) for d in data if str(d).startswith("tfds:")]
     if not splits:
         return 0
     say(f"note: classifying the first {TFDS_DEFAULT_N} images of {' '.join(splits)} (the default for a TFDS split; "
@@ -93,18 +130,22 @@ def default_limit(args) -> int:
 
 
 def run(args) -> int:
+    return predict(PredictOptions.from_args(args))
+
+
+def predict(options: PredictOptions) -> int:
     """Exit code 1 when a request failed or nothing was classified; unreadable images alone are skipped (and
     reported, each in its record) without failing the run."""
-    if args.n is not None and args.n < 0:
+    if options.n is not None and options.n < 0:
         raise CassavaError("-n must be 0 (all) or more")
-    if args.batch_size < 1 or args.concurrency < 1:
+    if options.batch_size < 1 or options.concurrency < 1:
         raise CassavaError("--batch-size and --concurrency must be at least 1")
-    mode = chosen_mode(args)  # conflicting flags fail before any data is read
-    samples = load_samples(args.data, default_limit(args) or None)
-    backend = make_backend(args, mode)
+    mode = chosen_mode(options)  # conflicting flags fail before any data is read
+    samples = load_samples(options.data, default_limit(options.n, options.data) or None)
+    backend = make_backend(options, mode)
     try:
-        return classify_and_report(backend, samples, describe(args.data), args.batch_size, args.concurrency,
-                                   not args.quiet, args.plot, args.json, args.csv)
+        return classify_and_report(backend, samples, describe(options.data), options.batch_size,
+                                   options.concurrency, not options.quiet, options.plot, options.json, options.csv)
     finally:
         backend.close()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cassava.shared.client.predict import chosen_mode
+from cassava.shared.client.predict import PredictOptions, chosen_mode
 from cassava.shared.errors import CassavaError
 from cassava.shared.evaluate.compare import CompareOptions, conversion_plan
 
@@ -14,7 +14,7 @@ URL = "http://127.0.0.1:8080"
 
 
 def predict_args(*extra):
-    return parse_args("predict", "--data", "standin", *extra)
+    return PredictOptions.from_args(parse_args("predict", "--data", "standin", *extra))
 
 
 @pytest.mark.parametrize("extra, mode", [
