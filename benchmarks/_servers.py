@@ -14,8 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-from cassava.shared.server.process import MLServerProcess as MLServer
 from cassava.shared.server.process import free_port
+from cassava.testing import LoopbackServer
 
 REPO = Path(__file__).resolve().parents[1]
 # The third-party test model and photos beside the repo (../shared); benchmarks that use them skip without them.
@@ -23,7 +23,8 @@ REAL_MODEL = REPO.parent / "shared" / "models" / "cassava-cnn-256" / "saved_mode
 REAL_PHOTOS = REPO.parent / "shared" / "data" / "cassava-real"
 REAL_CLASSES = "cbb,cbsd,cgm,cmd,healthy"
 
-__all__ = ["MLServer", "free_port", "real_tflite", "standin_tflite", "tier_server", "REPO", "REAL_MODEL", "REAL_PHOTOS",
+__all__ = ["LoopbackServer",
+           "free_port", "real_tflite", "standin_tflite", "tier_server", "REPO", "REAL_MODEL", "REAL_PHOTOS",
            "REAL_CLASSES"]
 
 
@@ -62,7 +63,7 @@ def real_tflite(quantize: str) -> Path:
 
 
 def tier_server(tier: str, model: str, workdir: Optional[Path] = None, extra: Optional[dict] = None,
-                settings: Optional[dict] = None) -> MLServer:
+                settings: Optional[dict] = None) -> LoopbackServer:
     """An MLServer (not started) for `tier` with the shipped settings, `model`, and `extra` model parameters."""
     from cassava.shared.server.serve import write_run_dir
 
@@ -74,4 +75,4 @@ def tier_server(tier: str, model: str, workdir: Optional[Path] = None, extra: Op
     base.update({"metrics_dir": str(workdir / ".metrics")}, **(settings or {}))
     for key in ("http_port", "grpc_port", "metrics_port", "host"):
         base.pop(key, None)  # MLServer() picks free loopback ports
-    return MLServer(workdir / "server", model_settings, base)
+    return LoopbackServer.mlserver(workdir / "server", model_settings, base)

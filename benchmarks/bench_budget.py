@@ -32,7 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _servers import REAL_CLASSES, REAL_MODEL, REAL_PHOTOS, standin_tflite, tier_server  # noqa: E402
 
-from cassava.shared.server.process import PeakRss, tree_rss_mb  # noqa: E402
+from cassava.testing import PeakRss, tree_rss_mb  # noqa: E402
 
 # Targets, from the issue: the bomb request refused within a second (it is refused from headers, so the time is the
 # body's transfer and parsing); memory back within 10 % of steady after a burst; normal requests at most twice as

@@ -18,8 +18,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cassava.shared.server.process import free_port, process_tree
+from cassava.shared.server.process import free_port
 from cassava.shared.server.process import wait_ready as answered
+from cassava.testing import process_tree
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _servers import REAL_MODEL, REAL_PHOTOS, REPO, real_tflite, standin_tflite  # noqa: E402

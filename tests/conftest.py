@@ -15,8 +15,7 @@ from helpers import (
     REAL_CLASSES,
     REAL_MODEL,
     REAL_PHOTOS,
-    MLServer,
-    Served,
+    LoopbackServer,
     all_running,
     converted,
     require_shared,
@@ -83,7 +82,7 @@ def real_cloud(tmp_path_factory, real_model):
     """The third-party model on the shipped cloud settings: 256 px, raw 0-255 pixels, 5 classes, told through
     parameters.extra."""
     model_settings, settings = shipped_cloud(str(real_model), input_scale=255, classes=",".join(REAL_CLASSES))
-    server = MLServer(tmp_path_factory.mktemp("cloud-real"), model_settings, settings).start(timeout=300)
+    server = LoopbackServer.mlserver(tmp_path_factory.mktemp("cloud-real"), model_settings, settings).start(timeout=300)
     yield server
     server.stop()
 
@@ -122,8 +121,9 @@ def standin_servers(tmp_path_factory, standin_model, standin_int8, no_tensorflow
     """Both tiers at once: the cloud on the stand-in, the edge on its int8 copy (`cassava convert --model standin
     --quantize int8`) with TensorFlow unimportable."""
     workdir = tmp_path_factory.mktemp("oip")
-    yield from all_running({"cloud": Served(workdir, "cloud", "standin"),
-                            "edge": Served(workdir, "edge", standin_int8, env=no_tensorflow)}, timeout=300)
+    yield from all_running({"cloud": LoopbackServer.serve(workdir, "cloud", "standin"),
+                            "edge": LoopbackServer.serve(workdir, "edge", standin_int8, env=no_tensorflow)},
+                           timeout=300)
 
 
 @pytest.fixture(scope="session")

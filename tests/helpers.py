@@ -15,8 +15,9 @@ import httpx
 import numpy as np
 
 from cassava.shared.protocol.v2 import build_request, decode_response
-from cassava.shared.server.process import LoopbackPorts, MLServerProcess, ServerProcess, free_port, stop
+from cassava.shared.server.process import free_port, stop
 from cassava.shared.server.process import wait_ready as process_wait_ready
+from cassava.testing import LoopbackServer  # noqa: F401 (the one launcher of real servers: serve, mlserver, shipped)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -24,10 +25,6 @@ REAL_PHOTOS = SHARED / "data" / "cassava-real"
 REAL_MODEL = SHARED / "models" / "cassava-cnn-256" / "saved_model"
 REAL_CLASSES = ("cbb", "cbsd", "cgm", "cmd", "healthy")
 BIN = Path(sys.executable).parent
-
-
-# One helper starts, waits for and stops every server process, here as in `cassava serve`, the demo and benchmarks.
-MLServer = MLServerProcess
 
 
 def wait_ready(url: str, timeout: float = 120.0, process: subprocess.Popen = None) -> None:
@@ -142,17 +139,6 @@ def shipped_cloud(uri: str, **extra):
     return model_settings, settings
 
 
-def edge_server(workdir: Path, model_dir: Path, env: dict) -> MLServer:
-    """`mlserver start` on a copy of the shipped edge/ settings, the model in ./model as the README says."""
-    shutil.copytree(model_dir, workdir / "model")
-    model_settings = json.loads((REPO / "edge" / "model-settings.json").read_text())
-    assert model_settings["parameters"]["uri"] == "./model"
-    settings = json.loads((REPO / "edge" / "settings.json").read_text())
-    for key in ("host", "http_port", "grpc_port", "metrics_port"):  # free ports instead of 9080-9082
-        settings.pop(key)
-    return MLServer(workdir, model_settings, settings, env=env).start(timeout=180)
-
-
 class Nginx:
     """A real nginx playing the Seldon ingress: /seldon/default/cassava/ in front of the given replicas."""
 
@@ -187,25 +173,6 @@ class Nginx:
 
     def stop(self):
         stop_process_group(self.process)
-
-
-class Served(LoopbackPorts, ServerProcess):
-    """`cassava serve TIER --model MODEL [FLAGS]` on free loopback ports, in its own process group (start() it again
-    after a stop to come back on the same ports)."""
-
-    def __init__(self, workdir: Path, tier: str, model, *flags, env=None):
-        self.tier = tier
-        self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
-        command = [BIN / "cassava", "serve", tier, "--model", model, *flags, "--http-port", self.http_port,
-                   "--grpc-port", self.grpc_port, "--metrics-port", self.metrics_port]
-        super().__init__(command, f"{self.url}/v2/models/cassava/ready", Path(workdir) / f"{tier}.log",
-                         env={**os.environ, **(env or {})}, name=f"cassava serve {tier}")
-
-    def signal_group(self, sig) -> None:
-        os.killpg(self.process.pid, sig)
-
-    def metrics(self) -> str:
-        return httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).text
 
 
 def photos_tensor(files, content_type="base64"):
@@ -247,8 +214,8 @@ def running_tiers(tmp_path_factory, name: str, env=None):
     cloud_settings["parameters"]["uri"] = "standin"
     edge_settings = json.loads((REPO / "edge" / "model-settings.json").read_text())
     edge_settings["parameters"]["uri"] = str(edge_model)
-    yield from all_running({"cloud": MLServer(root / "cloud", cloud_settings, env=env),
-                            "edge": MLServer(root / "edge", edge_settings, env=env)}, timeout=180)
+    yield from all_running({"cloud": LoopbackServer.mlserver(root / "cloud", cloud_settings, env=env),
+                            "edge": LoopbackServer.mlserver(root / "edge", edge_settings, env=env)}, timeout=180)
 
 
 def all_running(servers: dict, timeout: float):

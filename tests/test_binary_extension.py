@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import tritonclient.http as triton_http
 
-from helpers import REAL_CLASSES, REPO, converted, edge_server, real_args
+from helpers import REAL_CLASSES, REPO, LoopbackServer, converted, real_args
 
 pytestmark = [pytest.mark.slow, pytest.mark.real]
 
@@ -70,7 +70,8 @@ def cloud(real_cloud):  # noqa: F811 (the fixture imported above)
 
 @pytest.fixture(scope="module")
 def edge(tmp_path_factory, edge_model, no_tensorflow):  # noqa: F811 (the fixture imported above)
-    server = edge_server(tmp_path_factory.mktemp("binary-edge"), edge_model, no_tensorflow)
+    server = LoopbackServer.shipped(tmp_path_factory.mktemp("binary-edge"), "edge", edge_model, no_tensorflow)
+    server.start(timeout=180)
     yield server
     server.stop()
 

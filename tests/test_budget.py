@@ -23,7 +23,7 @@ from PIL import Image
 
 from cassava.shared.protocol.binary import frame, pack_elements
 from cassava.shared.protocol.v2 import build_request
-from cassava.shared.server.process import PeakRss, tree_rss_mb
+from cassava.testing import PeakRss, tree_rss_mb
 
 from helpers import free_port, png_bomb, run_cli, running_tiers, still_serving, stop_process_group
 

@@ -21,7 +21,7 @@ import pytest
 from cassava.shared.data import load_samples
 from cassava.shared.labels import CROPNET_CLASSES
 
-from helpers import REPO, MLServer, Nginx, free_port, run_cli
+from helpers import REPO, LoopbackServer, Nginx, free_port, run_cli
 
 pytestmark = pytest.mark.slow
 STANDIN_NOTE = "stand-in model, synthetic data"
@@ -41,7 +41,7 @@ def _expected_files(n: int) -> list:
     return [s.name for s in load_samples("standin", n)]
 
 
-def _infer_answers(server: MLServer, status: str = "200") -> int:
+def _infer_answers(server: LoopbackServer, status: str = "200") -> int:
     """How many REST infer requests the server answered with `status`, from its own Prometheus counters."""
     text = httpx.get(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).text
     total = 0.0
@@ -84,7 +84,8 @@ def _when(condition, then, timeout=120.0):
 
 @pytest.fixture(scope="module")
 def cloud(standin_model, tmp_path_factory):
-    server = MLServer(tmp_path_factory.mktemp("cloud"), _model_settings("cloud", standin_model)).start(timeout=300)
+    server = LoopbackServer.mlserver(tmp_path_factory.mktemp("cloud"), _model_settings("cloud", standin_model))
+    server.start(timeout=300)
     yield server
     server.stop()
 
@@ -100,7 +101,8 @@ def edge_model(standin_model, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def edge(edge_model, tmp_path_factory):
-    server = MLServer(tmp_path_factory.mktemp("edge"), _model_settings("edge", edge_model)).start(timeout=300)
+    server = LoopbackServer.mlserver(tmp_path_factory.mktemp("edge"), _model_settings("edge", edge_model))
+    server.start(timeout=300)
     yield server
     server.stop()
 
@@ -108,7 +110,7 @@ def edge(edge_model, tmp_path_factory):
 @pytest.fixture
 def doomed_edge(edge_model, tmp_path):
     """An edge server of this test's own, for tests that kill it: no other test sees the loss."""
-    server = MLServer(tmp_path / "doomed-edge", _model_settings("edge", edge_model)).start(timeout=300)
+    server = LoopbackServer.mlserver(tmp_path / "doomed-edge", _model_settings("edge", edge_model)).start(timeout=300)
     yield server
     server.stop()
 
@@ -236,7 +238,8 @@ def test_remote_through_the_ingress_survives_a_replica_killed_mid_run(standin_mo
     nginx_binary = shutil.which("nginx") or (Path("/usr/sbin/nginx") if Path("/usr/sbin/nginx").exists() else None)
     if not nginx_binary:
         pytest.skip("nginx is not installed (apt-get install nginx-light; `make test` does it as root)")
-    replicas = [MLServer(tmp_path / f"replica-{i}", _model_settings("cloud", standin_model)) for i in (0, 1)]
+    replicas = [LoopbackServer.mlserver(tmp_path / f"replica-{i}", _model_settings("cloud", standin_model))
+                for i in (0, 1)]
     ingress = None
     try:
         for replica in replicas:

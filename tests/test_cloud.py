@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 
-from helpers import REAL_CLASSES, REPO, MLServer, shipped_cloud
+from helpers import REAL_CLASSES, REPO, LoopbackServer, shipped_cloud
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +31,7 @@ def cloud(tmp_path_factory, standin_model):
     `mlserver start cloud/`), only the uri and ports changed."""
     workdir = tmp_path_factory.mktemp("cloud") / "cloud"
     shutil.copytree(CLOUD, workdir, ignore=shutil.ignore_patterns("__pycache__"))
-    server = MLServer(workdir, *shipped_cloud("standin")).start(timeout=300)
+    server = LoopbackServer.mlserver(workdir, *shipped_cloud("standin")).start(timeout=300)
     yield server
     server.stop()
 
@@ -60,7 +60,7 @@ def _images(data, size: int, n=None):
     return samples, np.stack([preprocess(p, size) for p in photos]), photos
 
 
-def _transport(server: MLServer, over_grpc: bool):
+def _transport(server: LoopbackServer, over_grpc: bool):
     from cassava.shared.protocol.transport import GrpcTransport, HttpTransport
 
     if over_grpc:
@@ -68,7 +68,7 @@ def _transport(server: MLServer, over_grpc: bool):
     return HttpTransport(server.url, timeout=120, retries=0)
 
 
-def _infer(server: MLServer, kind: str, pixels, photos, scale: float, over_grpc: bool):
+def _infer(server: LoopbackServer, kind: str, pixels, photos, scale: float, over_grpc: bool):
     from cassava.shared.protocol.v2 import build_request, decode_response
 
     request = build_request(KINDS[kind], pixels=pixels, photos=photos, input_scale=scale, grpc=over_grpc)
@@ -89,7 +89,7 @@ def _png() -> bytes:
     return buffer.getvalue()
 
 
-def _metrics(server: MLServer) -> str:
+def _metrics(server: LoopbackServer) -> str:
     return httpx.get(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).text
 
 
@@ -322,7 +322,7 @@ def test_a_model_that_fails_to_load_stops_mlserver_with_one_clear_error(tmp_path
     broken = tmp_path / "broken-model"
     broken.mkdir()
     (broken / "saved_model.pb").write_bytes(b"this is not a SavedModel")
-    server = MLServer(tmp_path / "server", *shipped_cloud(str(broken)))
+    server = LoopbackServer.mlserver(tmp_path / "server", *shipped_cloud(str(broken)))
     with pytest.raises(RuntimeError, match="mlserver exited with code 0"):
         server.start(timeout=180)
     errors = [line for line in server.log().splitlines() if line.startswith("cassava.shared.errors.CassavaError")]

@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 import pytest
 
-from helpers import REAL_CLASSES, REPO, converted, edge_server, real_args, run_cli, standin_args
+from helpers import REAL_CLASSES, REPO, LoopbackServer, converted, real_args, run_cli, standin_args
 
 pytestmark = pytest.mark.slow
 
@@ -169,7 +169,8 @@ def test_runtime_reads_interpreter_settings_from_parameters_extra(standin_int8):
 
 @pytest.fixture(scope="module")
 def edge(tmp_path_factory, standin_int8, no_tensorflow):
-    server = edge_server(tmp_path_factory.mktemp("edge-server"), standin_int8, no_tensorflow)
+    server = LoopbackServer.shipped(tmp_path_factory.mktemp("edge-server"), "edge", standin_int8, no_tensorflow)
+    server.start(timeout=180)
     yield server
     server.stop()
 
@@ -276,7 +277,7 @@ def test_real_model_edge_server_answers_the_27_photos(tmp_path, conversions, rea
     int8 = converted(conversions, "real-int8", *real_args("int8"))
     pixels, photos = _images(str(real_photos), 256)
     expected = _expected(int8, pixels)
-    server = edge_server(tmp_path / "edge-real", int8, no_tensorflow)
+    server = LoopbackServer.shipped(tmp_path / "edge-real", "edge", int8, no_tensorflow).start(timeout=180)
     try:
         for kind, over_grpc in (("photos", False), ("payload", True)):
             infer = _infer_grpc if over_grpc else _infer_rest

@@ -14,7 +14,7 @@ from cassava.shared.protocol.transport import GrpcTransport, HttpTransport, Reje
 from cassava.shared.protocol.v2 import build_request, decode_response
 from cassava.shared.server.process import answers_ok
 
-from helpers import REPO, MLServer, free_port
+from helpers import REPO, LoopbackServer, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -65,7 +65,7 @@ def loading(tmp_path_factory, standin_int8):
         settings.pop(key)
     settings["grpc_max_message_length"] = GRPC_LIMIT
     settings["model_repository_implementation"] = "gated_repository.GatedRepository"
-    server = MLServer(workdir, model_settings, settings).launch()
+    server = LoopbackServer.mlserver(workdir, model_settings, settings).launch()
     assert wait_until(lambda: answers_ok(f"{server.url}/v2/health/live", timeout=2), 180), server.log()[-3000:]
     yield server, lambda: (workdir / "gate").touch()
     server.stop()

@@ -20,7 +20,7 @@ import httpx
 import numpy as np
 import pytest
 
-from helpers import Served, free_port, run_cli
+from helpers import LoopbackServer, free_port, run_cli
 
 pytestmark = pytest.mark.slow
 N = 16
@@ -56,14 +56,14 @@ def threshold(images) -> float:
 
 @pytest.fixture(scope="module")
 def cloud(tmp_path_factory, standin_model):
-    server = Served(tmp_path_factory.mktemp("cloud"), "cloud", "standin").start(timeout=300)
+    server = LoopbackServer.serve(tmp_path_factory.mktemp("cloud"), "cloud", "standin").start(timeout=300)
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="module")
 def edge(tmp_path_factory, int8, cloud, threshold):
-    server = Served(tmp_path_factory.mktemp("edge"), "edge", int8, "--escalate-to", cloud.url,
+    server = LoopbackServer.serve(tmp_path_factory.mktemp("edge"), "edge", int8, "--escalate-to", cloud.url,
                     "--escalate-below", threshold, "--escalate-timeout", TIMEOUT_S,
                     "--audit-rate", 0).start(timeout=120)  # no audits: each test knows what reaches the cloud
     yield server
@@ -196,7 +196,7 @@ def test_audits_measure_agreement_on_confident_images_and_photos_go_in_their_sma
 
     pixels, photos, edge_probabilities = images
     hard = _hard(images, threshold)
-    server = Served(tmp_path, "edge", int8, "--escalate-to", cloud.url, "--escalate-below", threshold,
+    server = LoopbackServer.serve(tmp_path, "edge", int8, "--escalate-to", cloud.url, "--escalate-below", threshold,
                     "--audit-rate", 1).start(timeout=120)
     try:
         _, answered_by = _infer(server, "photo", pixels, photos)
@@ -232,7 +232,7 @@ def test_bad_input_still_gets_a_4xx(edge, images):
 
 
 def test_without_escalate_to_the_edge_answers_as_before(tmp_path, int8, images):
-    with Served(tmp_path, "edge", int8) as plain:
+    with LoopbackServer.serve(tmp_path, "edge", int8) as plain:
         metadata = httpx.get(f"{plain.url}/v2/models/cassava", timeout=30).json()
         assert "answered_by" not in [o["name"] for o in metadata["outputs"]]
         body = httpx.post(f"{plain.url}/v2/models/cassava/infer", timeout=30, json={"inputs": [
@@ -247,7 +247,7 @@ def test_an_unreachable_cloud_at_start_is_a_warning_and_provisional_answers(tmp_
     spec = json.loads((model / "cassava-model.json").read_text())
     (model / "cassava-model.json").write_text(json.dumps({**spec, "escalate_below": threshold}))
     nowhere = f"http://127.0.0.1:{free_port()}"
-    with Served(tmp_path, "edge", model, "--escalate-to", nowhere) as edge:
+    with LoopbackServer.serve(tmp_path, "edge", model, "--escalate-to", nowhere) as edge:
         hard = _hard(images, threshold)
         for wire in ("uint8", "binary"):
             _, answered_by = _infer(edge, wire, images[0], None)

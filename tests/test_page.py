@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from browser import emulate, missing, phone_browser, requested_urls
-from helpers import REAL_MODEL, REAL_PHOTOS, Served, converted, real_args, require_shared
+from helpers import REAL_MODEL, REAL_PHOTOS, LoopbackServer, converted, real_args, require_shared
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +40,7 @@ def chromium():
 
 def serve_edge(model: Path, workdir: Path, *flags):
     """`cassava serve edge --model MODEL` as a real process on free loopback ports, ready (stop() ends it)."""
-    return Served(workdir, "edge", model, *flags).start(180)
+    return LoopbackServer.serve(workdir, "edge", model, *flags).start(180)
 
 
 @pytest.fixture(scope="module")
@@ -234,11 +234,11 @@ def test_standin_note_then_the_server_stopped_is_unreachable(browser, standin_in
 
 def test_model_not_ready_is_said(browser, standin_int8, tmp_path):
     """MLServer up, the model not loaded (load_models_at_startup off): the page says the model is not ready."""
-    from cassava.shared.server.process import MLServerProcess, wait_ready
+    from cassava.shared.server.process import wait_ready
     from cassava.shared.server.serve import write_run_dir
 
     shipped = write_run_dir(tmp_path / "shipped", "edge", str(standin_int8), "127.0.0.1", (1, 2, 3))
-    server = MLServerProcess(tmp_path / "server", json.loads((shipped / "model-settings.json").read_text()),
+    server = LoopbackServer.mlserver(tmp_path / "server", json.loads((shipped / "model-settings.json").read_text()),
                              {"load_models_at_startup": False, "metrics_dir": str(tmp_path / ".metrics")})
     server.launch()
     try:

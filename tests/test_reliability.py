@@ -20,7 +20,7 @@ from cassava.shared.data import load_samples
 from cassava.shared.preprocess import preprocess
 from cassava.shared.protocol.v2 import build_request
 
-from helpers import REPO, MLServer, infer_request, png_bomb, running_tiers, still_serving
+from helpers import REPO, LoopbackServer, infer_request, png_bomb, running_tiers, still_serving
 
 pytestmark = pytest.mark.slow
 BODY_LIMIT = 4_000_000  # small for the test: three images as float JSON (~6 MB) are over it
@@ -215,7 +215,7 @@ def test_model_folders_cannot_bring_their_own_code(tmp_path, standin_model):
     """A model-settings.json dropped inside the served folder names foreign code: MLServer would import it."""
     settings = json.loads((REPO / "cloud" / "model-settings.json").read_text())
     settings["parameters"]["uri"] = "standin"
-    server = MLServer(tmp_path / "served", settings)
+    server = LoopbackServer.mlserver(tmp_path / "served", settings)
     evil = server.workdir / "evil"
     evil.mkdir()
     marker = tmp_path / "evil-code-ran"

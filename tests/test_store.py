@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 import pytest
 
-from helpers import MLServer, run_cli
+from helpers import LoopbackServer, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -158,7 +158,7 @@ class Load:
 def store_server(tmp_path_factory, edge_version, standin_model):
     store = tmp_path_factory.mktemp("store")
     shutil.copytree(edge_version, store / "1")
-    server = MLServer(tmp_path_factory.mktemp("store-server"), {
+    server = LoopbackServer.mlserver(tmp_path_factory.mktemp("store-server"), {
         "name": "cassava", "implementation": "cassava.edge.runtime.EdgeRuntime",
         "parameters": {"uri": str(store), "extra": {"pool_size": 2, "store_interval_s": INTERVAL_S}}})
     server.start()

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import BIN, REPO, MLServer, converted, standin_args
+from helpers import BIN, REPO, LoopbackServer, converted, standin_args
 
 pytestmark = pytest.mark.slow
 
@@ -202,7 +202,7 @@ def test_a_bad_every_is_one_line_before_anything_runs(watch_model, tmp_path, eve
 def test_forward_keeps_a_backlog_while_the_cloud_is_down(watch_model, photos, tmp_path):
     settings = json.loads((REPO / "cloud" / "model-settings.json").read_text())
     settings["parameters"]["uri"] = "standin"
-    cloud = MLServer(tmp_path / "cloud", settings).start()
+    cloud = LoopbackServer.mlserver(tmp_path / "cloud", settings).start()
     inbox, out = tmp_path / "inbox", tmp_path / "results.jsonl"
     forwarded = tmp_path / "results.forwarded.jsonl"
     inbox.mkdir()
@@ -241,7 +241,7 @@ def test_a_photo_the_cloud_refuses_is_recorded_once_and_the_rest_still_go(watch_
 
     settings = json.loads((REPO / "cloud" / "model-settings.json").read_text())
     settings["parameters"]["uri"] = "standin"
-    cloud = MLServer(tmp_path / "cloud", settings, env={"CASSAVA_MAX_REQUEST_BYTES": "200000"}).start()
+    cloud = LoopbackServer.mlserver(tmp_path / "cloud", settings, env={"CASSAVA_MAX_REQUEST_BYTES": "200000"}).start()
     inbox, out = tmp_path / "inbox", tmp_path / "results.jsonl"
     forwarded = tmp_path / "results.forwarded.jsonl"
     inbox.mkdir()
@@ -293,7 +293,7 @@ def test_escalate_to_settles_each_hard_or_audited_photo_once_across_kill_9_and_a
 
     settings = json.loads((REPO / "cloud" / "model-settings.json").read_text())
     settings["parameters"]["uri"] = "standin"
-    cloud = MLServer(tmp_path / "cloud", settings).start()
+    cloud = LoopbackServer.mlserver(tmp_path / "cloud", settings).start()
     inbox, out, settled = tmp_path / "inbox", tmp_path / "results.jsonl", tmp_path / "results.settled.jsonl"
     inbox.mkdir()
     stderr = tmp_path / "watch.stderr"

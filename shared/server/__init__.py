@@ -7,5 +7,5 @@
   conformance.py MLServer patches: bounded metric labels, gRPC health and reflection, quiet gRPC client mistakes
   repository.py  the model repository settings.json names: this project's runtimes only
   serve.py       `cassava serve cloud|edge`: check the model, write the run dir, run `mlserver start`
-  process.py     start / wait for / stop a server process (serve, demo, tests, benchmarks)
+  process.py     start / wait for / stop a server process (serve, demo; cassava.testing builds on it)
 """

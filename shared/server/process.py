@@ -1,5 +1,6 @@
-"""Starting, waiting for and stopping a server process: one helper for `cassava serve`, the demo, the tests and the
-benchmarks. A server runs in its own process group, so stopping it stops whatever it started (MLServer's workers).
+"""Starting, waiting for and stopping a server process: for `cassava serve` and the demo (the tests' and
+benchmarks' launcher, cassava.testing.LoopbackServer, is built on it). A server runs in its own process group, so
+stopping it stops whatever it started (MLServer's workers).
 """
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -132,100 +132,3 @@ def mlserver_command(folder) -> list:
     command = ([str(script)] if script.is_file()
                else [sys.executable, "-c", "from mlserver.cli.main import main; main()"])
     return command + ["start", str(folder)]
-
-
-class LoopbackPorts:
-    """A server on 127.0.0.1 with `http_port` and `grpc_port`: where clients reach it."""
-
-    http_port: int
-    grpc_port: int
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    @property
-    def grpc_address(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-
-class MLServerProcess(LoopbackPorts, ServerProcess):
-    """`mlserver start` on a folder it writes (model-settings.json + settings.json): the tier's own settings.json
-    (the tier whose runtime `model_settings` names, unless `tier` says), free loopback ports, and `settings` on top:
-    a real server for tests and benchmarks."""
-
-    def __init__(self, workdir, model_settings: dict, settings: Optional[dict] = None, env: Optional[dict] = None,
-                 tier: Optional[str] = None):
-        import json
-
-        from ..tiers import TIERS
-
-        implementation = str(model_settings.get("implementation", ""))
-        tier = tier or next((name for name, info in TIERS.items() if implementation.startswith(info.package + ".")),
-                            "cloud")
-        self.workdir = Path(workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
-        base = {**TIERS[tier].settings(), "host": "127.0.0.1", "http_port": self.http_port,
-                "grpc_port": self.grpc_port, "metrics_port": self.metrics_port}
-        base.update(settings or {})
-        (self.workdir / "settings.json").write_text(json.dumps(base))
-        (self.workdir / "model-settings.json").write_text(json.dumps(model_settings))
-        self.model_name = model_settings["name"]
-        super().__init__(mlserver_command(self.workdir), f"{self.url}/v2/models/{self.model_name}/ready",
-                         self.workdir / "mlserver.log", env={**os.environ, **(env or {})}, name="mlserver")
-
-    def wait_ready(self, timeout: Optional[float] = 120.0) -> "MLServerProcess":
-        try:
-            return super().wait_ready(timeout)
-        except RuntimeError as exc:
-            raise RuntimeError(f"{exc}\nlog:\n{self.log()[-3000:]}") from None
-
-
-def process_tree(pid: int) -> tuple:
-    """(RSS in MB, number of processes) of a process and all its descendants, from /proc (Linux)."""
-    children = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(parent, []).append(int(entry.name))
-    total, count, todo = 0, 0, [pid]
-    while todo:
-        current = todo.pop()
-        try:
-            total += int(Path(f"/proc/{current}/status").read_text().split("VmRSS:")[1].split()[0])
-            count += 1
-        except (OSError, IndexError):
-            pass
-        todo += children.get(current, [])
-    return total / 1024, count
-
-
-def tree_rss_mb(pid: int) -> float:
-    """RSS in MB of a process and all its descendants, from /proc (Linux)."""
-    return process_tree(pid)[0]
-
-
-class PeakRss:
-    """`with PeakRss(pid) as rss:` samples the process tree's RSS every 50 ms; `rss.peak` is the highest (MB)."""
-
-    def __init__(self, pid: int):
-        self.pid, self.peak, self._stop = pid, 0.0, threading.Event()
-
-    def __enter__(self):
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, tree_rss_mb(self.pid))
-            time.sleep(0.05)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join(5)
-        self.peak = max(self.peak, tree_rss_mb(self.pid))
