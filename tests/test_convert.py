@@ -112,6 +112,7 @@ def test_int8_stores_the_escalation_threshold_its_held_out_images_call_for(conve
     0.995), and applied to LiteRT's own answers on the held-out images it reaches that agreement with TensorFlow."""
     import tensorflow as tf
 
+    from cassava.shared.bounds import lower_bound
     from cassava.shared.escalation import is_hard, point_for
     from cassava.shared.preprocess import preprocess
 
@@ -123,9 +124,18 @@ def test_int8_stores_the_escalation_threshold_its_held_out_images_call_for(conve
     curve = escalation["curve"]
     assert len(curve) >= 2 and [p["escalated"] for p in curve] == sorted(p["escalated"] for p in curve)
     assert curve[0]["agreement"] == escalation["edge_alone_agreement"] == report["verification"]["top1_agreement"]
-    assert curve[-1]["agreement"] == 1.0 and point_for(curve, 0.995)["threshold"] == escalation["threshold"]
+    # chosen with a margin: at or above the point estimate, judged by the 95 % lower bound on kept agreement
+    margin = escalation["margin"]
+    assert curve[-1]["agreement"] == 1.0 and point_for(curve, 0.995)["threshold"] == margin["point_threshold"]
+    assert margin["point_threshold"] <= escalation["threshold"]
+    assert margin["kept"] == escalation["images"] - escalation["escalated"] and margin["confidence"] == 0.95
+    assert spec["agreement_bound"] == margin["lower"] == pytest.approx(lower_bound(margin["kept_agreed"],
+                                                                                   margin["kept"]))
     assert escalation["agreement"] >= 0.995 and escalation["images"] == report["verification"]["images"]
-    assert "escalate below" in convert_once(conversions, "standin-int8").stdout
+    stdout = convert_once(conversions, "standin-int8").stdout
+    assert "escalate below" in stdout
+    assert f"with 95% confidence, agreement on the photos the edge keeps is >= {margin['lower']:.1%} " \
+           f"(N = {margin['kept']} kept" in stdout
 
     files = report["data"]["verification_files"]
     x = np.stack([preprocess(f, 224) for f in files]).astype(np.float32) / 255.0

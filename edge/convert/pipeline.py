@@ -169,7 +169,8 @@ def check_and_write(model: str, out: Path, options: ConvertOptions, tf, source, 
             reason = refusal(verification, options.min_agreement, ops)
         escalation = _escalation(verification, held, options.escalation_target)
         if escalation:  # the spec carries the threshold the edge escalates below (README "Joint inference")
-            tflite_spec = tflite_spec.replace(escalate_below=escalation["threshold"])
+            tflite_spec = tflite_spec.replace(escalate_below=escalation["threshold"],
+                                              agreement_bound=(escalation["margin"] or {}).get("lower"))
             tflite_spec.save(staging)
         accepted = verification is None or reason is None
         report = {
@@ -200,13 +201,16 @@ def check_and_write(model: str, out: Path, options: ConvertOptions, tf, source, 
 def _escalation(verification: Optional[dict], held: Held, target: float) -> Optional[dict]:
     """The threshold meeting `target` agreement with the source on the held-out images, and its curve. Held out,
     not the calibration images: the int8 copy agrees best on the images it was calibrated on, so a threshold chosen
-    there sends too few of new photos (README "Joint inference"). Takes the copy's answers out of `verification`."""
+    there sends too few of new photos (README "Joint inference"). Chosen with a margin: judged by the 95 % lower
+    bound on agreement among the images the edge keeps (shared/escalation.py `with_margin`), which the report states
+    and the spec stores. Takes the copy's answers out of `verification`."""
     probabilities = verification.pop("probabilities", None) if verification else None
     if probabilities is None or not len(probabilities):
         return None
+    from cassava.shared.bounds import CONFIDENCE
     from cassava.shared.escalation import choose
 
-    return choose(probabilities, held.expected, target)
+    return choose(probabilities, held.expected, target, margin=CONFIDENCE)
 
 
 def remove_outputs(out: Path, notify: Callable[[str], None] = _to_stderr) -> None:

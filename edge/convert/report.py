@@ -48,6 +48,18 @@ def escalation_text(e: dict) -> str:
             f"{e['edge_alone_agreement']:.1%}), target {e['target']:.1%}")
 
 
+def margin_text(e: dict) -> str:
+    """'with 95 % confidence, agreement on the photos the edge keeps is >= 97.9 % (N = 137 kept of 150)'."""
+    m = e.get("margin")
+    if not m or m.get("lower") is None:
+        return "no bound: the edge keeps no held-out image at this threshold"
+    verdict = ("reaches the target" if m["certified"] else
+               f"below the {e['target']:.1%} target: too few held-out images to prove it")
+    return (f"with {m['confidence']:.0%} confidence, agreement on the photos the edge keeps is >= {m['lower']:.1%} "
+            f"(N = {m['kept']} kept of {e['images']}, {m['kept_agreed']} agreeing; {verdict}; point-estimate "
+            f"threshold {m['point_threshold']:.4g})")
+
+
 def table(report: dict) -> str:
     v, s, io = report["verification"], report["sizes"], report["io"]
     input_scale = (f" (input scale {io['input']['scale']:.6g}, zero point {io['input']['zero_point']})"
@@ -75,6 +87,7 @@ def table(report: dict) -> str:
                          + caveat))
     if report.get("escalation"):
         rows.append(("escalate below", escalation_text(report["escalation"])))
+        rows.append(("margin", margin_text(report["escalation"])))
     if report.get("selective"):
         rows += selective_rows(report["selective"])
     ratio = s['tflite_bytes'] / max(1, s['source_variables_bytes'])
