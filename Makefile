@@ -29,9 +29,10 @@ install: $(STAMP)
 
 # nginx plays the Seldon ingress in the --remote tests; docker, qemu and debootstrap build and run the images in
 # tests/test_images.py (which starts dockerd and registers qemu itself); chromium and its driver run the phone page
-# in tests/test_page.py. Installed from Debian when missing (CI is root).
+# in tests/test_page.py; Prometheus and promtool check, unit-test and run the alert rules in tests/test_monitoring.py.
+# Installed from Debian when missing (CI is root).
 SYSTEM_DEPS := nginx:nginx-light dockerd:docker.io qemu-aarch64-static:qemu-user-static debootstrap:debootstrap \
-	chromium:chromium chromedriver:chromium-driver
+	chromium:chromium chromedriver:chromium-driver promtool:prometheus prometheus:prometheus
 system-deps:
 	@missing="$$(for dep in $(SYSTEM_DEPS); do command -v $${dep%%:*} >/dev/null 2>&1 || [ -x /usr/sbin/$${dep%%:*} ] \
 	  || echo $${dep#*:}; done)"; \
