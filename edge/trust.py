@@ -94,8 +94,8 @@ class Trust:
         """The cloud's verdict on audited photos: update the bounds, then step protection up, or end it."""
         self.audits.extend(bool(a) for a in agreed)
         self._since_step += len(agreed)
-        n, k = len(self.audits), int(sum(self.audits))
-        upper = upper_bound(k, n, CONFIDENCE)
+        lower, upper, n = self.bounds()
+        k = int(sum(self.audits))
         if n >= self.min_audits and upper < self.target:
             if self.level == 0 or self._since_step >= max(1, self.min_audits // 2):
                 self._step_up(k, n, upper)
@@ -105,7 +105,7 @@ class Trust:
                         self.stored_below)
             self.level, self.below = 0, self.stored_below
             metrics()["protecting"].labels(self.model_name).set(0)
-        self._publish()
+        self._publish((lower, upper, n))
 
     def _step_up(self, k: int, n: int, upper: float) -> None:
         raised = self._raised(self.level + 1)
@@ -136,8 +136,9 @@ class Trust:
         n, k = len(self.audits), int(sum(self.audits))
         return lower_bound(k, n, CONFIDENCE), upper_bound(k, n, CONFIDENCE), n
 
-    def _publish(self) -> None:
-        lower, upper, n = self.bounds()
+    def _publish(self, bounds: Optional[tuple] = None) -> None:
+        """The gauges; `bounds`: (lower, upper, n) when just computed (each takes ~1 ms at 500 audits)."""
+        lower, upper, n = bounds or self.bounds()
         m = metrics()
         m["bound"].labels(self.model_name, "lower").set(lower)
         m["bound"].labels(self.model_name, "upper").set(upper)
