@@ -40,6 +40,23 @@ def selective_rows(sel: dict) -> list:
     return rows
 
 
+def weighed_rows(w: dict) -> list:
+    """The default int8 search: each candidate's sent share at its own threshold, bound, size and time."""
+    budget = w["budget"]
+    rows = [("default copy", f"{w['chosen']}: {w['objective']}, within {budget['max_latency_ratio']:g}x plain int8 "
+                             f"latency and {_size(budget['max_bytes'])} (--plain: plain int8)")]
+    plain_ms = w["candidates"][0]["ms_per_image"]
+    for c in w["candidates"]:
+        bound = f", bound >= {c['bound']:.1%}" if c.get("bound") is not None else ""
+        mark = "CHOSEN" if c["name"] == w["chosen"] else ("" if c["within_budget"] else "over budget")
+        sends = f"{c['escalated']}/{c['images']} ({c['fraction_escalated']:.1%})"
+        rows.append(("  candidate", f"{c['name']}: sends {sends} at < {c['threshold']:.4g}, alone "
+                                    f"{c['agree']}/{c['images']}{bound}; "
+                                    f"{_size(c['bytes'])}, {c['ms_per_image']:.2f} ms "
+                                    f"({c['ms_per_image'] / plain_ms:.2f}x)  {mark}".rstrip()))
+    return rows
+
+
 def escalation_text(e: dict) -> str:
     """'top probability < 0.5391: 13/150 escalated (8.7%) -> agreement 100.0% (alone 94.0%), target 99.5%'."""
     score = {"top": "top probability"}.get(e["score"], e["score"])
@@ -90,6 +107,8 @@ def table(report: dict) -> str:
         rows.append(("margin", margin_text(report["escalation"])))
     if report.get("selective"):
         rows += selective_rows(report["selective"])
+    if report.get("escalation_search"):
+        rows += weighed_rows(report["escalation_search"])
     ratio = s['tflite_bytes'] / max(1, s['source_variables_bytes'])
     rows.append(("size", f"source variables {_size(s['source_variables_bytes'])} "
                          f"(SavedModel {_size(s['source_saved_model_bytes'])}) "
