@@ -217,7 +217,7 @@ def test_the_users_only_folder_is_split_stratified_and_disjoint(conversions, rea
     from cassava.shared.data import load_samples
     from cassava.shared.evaluate.metrics import wilson_interval
 
-    args = ("--model", real_model, "--input-scale", "255", "--classes", ",".join(REAL_CLASSES),
+    args = ("--model", real_model, "--input-scale", "255", "--classes", ",".join(REAL_CLASSES), "--plain",
             "--calibration", real_photos)
     out = converted(conversions, "real-one-folder", *args)
     result = convert_once(conversions, "real-one-folder")
