@@ -221,6 +221,8 @@ def search_target(tf, converter_for: Callable[[str], object], calibration_x: np.
 # a copy with a few float layers sent 3 % and met it (issue 32's table, cassava-field).
 MAX_LATENCY_RATIO = 1.5  # x plain int8's median per-image time, 1 thread, timed in turn on this machine
 MAX_BYTES = 1_000_000
+# Latency is timed here (x86), where float32 kernels are often faster than int8 ones: on an arm64 edge device the
+# ratio differs; re-time a chosen copy there (benchmarks/) before trusting the 1.5x.
 
 
 def search_fewest_sent(tf, converter_for: Callable[[str], object], calibration_x: np.ndarray,
@@ -237,7 +239,9 @@ def search_fewest_sent(tf, converter_for: Callable[[str], object], calibration_x
     try:
         search = Search(tf, converter_for("int8"), calibration_x, evaluate, target, say)
         candidates = []
-        for k in prefix_sizes(len(search.ranking)):
+        # not every ranked layer: with all of them in float32 the copy is a float32 model (on the real CNN 727 KB,
+        # 3.6x plain int8, and faster than it on this x86 machine, so the latency budget would not stop it)
+        for k in [k for k in prefix_sizes(len(search.ranking)) if k == 0 or k < len(search.ranking)]:
             trial = search.int8_with_float_layers(k)
             chosen_threshold = joint(search.verification_of(trial))
             margin = chosen_threshold.get("margin") or {}
