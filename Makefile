@@ -29,9 +29,11 @@ install: $(STAMP)
 
 # nginx plays the Seldon ingress in the --remote tests; docker, qemu and debootstrap build and run the images in
 # tests/test_images.py (which starts dockerd and registers qemu itself); chromium and its driver run the phone page
-# in tests/test_page.py. Installed from Debian when missing (as root; otherwise it says what to install).
+# in tests/test_page.py; Prometheus and promtool check, unit-test and run the alert rules in tests/test_monitoring.py.
+# Installed from Debian when missing (as root; otherwise it says what to install).
 IMAGE_DEPS := dockerd:docker.io qemu-aarch64-static:qemu-user-static debootstrap:debootstrap
-SYSTEM_DEPS := nginx:nginx-light chromium:chromium chromedriver:chromium-driver $(IMAGE_DEPS)
+SYSTEM_DEPS := nginx:nginx-light chromium:chromium chromedriver:chromium-driver promtool:prometheus \
+	prometheus:prometheus $(IMAGE_DEPS)
 # $(call apt_missing,COMMAND:PACKAGE ...): apt-get install the packages whose command is missing.
 define apt_missing
 	@missing="$$(for dep in $(1); do command -v $${dep%%:*} >/dev/null 2>&1 || [ -x /usr/sbin/$${dep%%:*} ] \

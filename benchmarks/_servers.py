@@ -74,5 +74,5 @@ def tier_server(tier: str, model: str, workdir: Optional[Path] = None, extra: Op
     model_settings.setdefault("parameters", {}).setdefault("extra", {}).update(extra or {})
     base.update({"metrics_dir": str(workdir / ".metrics")}, **(settings or {}))
     for key in ("http_port", "grpc_port", "metrics_port", "host"):
-        base.pop(key, None)  # MLServer() picks free loopback ports
+        base.pop(key, None)  # LoopbackServer.mlserver() picks free loopback ports
     return LoopbackServer.mlserver(workdir / "server", model_settings, base)

@@ -32,6 +32,8 @@ from cassava.shared.protocol.transport import HttpTransport, ModelInfo, Rejected
 from cassava.shared.protocol.v2 import build_request, decode_response, photos_input
 from cassava.shared.spec import ModelSpec
 
+from .trust import Trust
+
 log = logging.getLogger("cassava.escalate")
 
 EDGE, CLOUD, PROVISIONAL = "edge", "cloud", "edge-provisional"
@@ -163,6 +165,7 @@ class Escalation:
         self.breaker: Optional[Breaker] = None
         self._auditing: Optional[asyncio.Future] = None
         self._random = np.random.default_rng()
+        self.trust = Trust(model_name, settings.below, spec.agreement_bound)  # audited bounds, self-protection
 
     def start(self) -> None:
         """Blocking (run off the event loop). A cloud that answers with other classes stops the load; one that
@@ -184,6 +187,7 @@ class Escalation:
         """A new model version (store swap): its threshold and spec from now on; the cloud checked against it again
         (blocking: run off the event loop). A cloud that no longer fits stops escalation, loudly."""
         self.settings, self.spec, self._checked = settings, spec, False
+        self.trust = Trust(self.model_name, settings.below, spec.agreement_bound)  # a new copy earns trust anew
         try:
             self._check()
         except Unavailable:
@@ -217,7 +221,7 @@ class Escalation:
         """The edge's answers for a batch -> (the answering tier's probabilities, answered_by per image).
         `originals()`: the request's photo files, when it sent photos (the smaller exact form goes to the cloud);
         called only when something goes, so a confident batch pays nothing for it."""
-        hard = is_hard(probabilities, self.settings.below)
+        hard = is_hard(probabilities, self.trust.threshold(probabilities))  # the stored one unless protecting
         answered_by = np.where(hard, PROVISIONAL, EDGE).astype(object)
         files = _Lazy(originals)
         self._audit_some(x, probabilities, ~hard, files)
@@ -257,6 +261,7 @@ class Escalation:
                 counter = _metrics()["audited"]
                 counter.labels(self.model_name, "true").inc(agreed)
                 counter.labels(self.model_name, "false").inc(len(edge_classes) - agreed)
+                self.trust.audited(cloud.argmax(axis=1) == edge_classes)
 
         self._auditing = asyncio.ensure_future(audit())
 

@@ -5,12 +5,18 @@ An image is hard when `confidence(p) < threshold`. The threshold is chosen from 
 images, the edge's confidence and whether the edge agreed with the full model, `threshold_for` returns the smallest
 threshold whose escalations (answered by the full model, so agreeing by definition) bring agreement up to the
 target. Pure numpy: used by the edge server, and by whatever computes the curve (convert, compare).
+
+With a margin (`choose(..., margin=0.95)`, what `cassava convert` stores): the threshold is judged by the
+one-sided Clopper–Pearson lower bound on agreement among the images the edge keeps (shared/bounds.py), not by the
+point estimate alone; see `with_margin`.
 """
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
+
+from .bounds import lower_bound
 
 # Scores compared on the real model (docs/joint-inference.md); every one is in [0, 1], higher = more confident.
 SCORES = ("top", "margin", "entropy")
@@ -97,10 +103,50 @@ def _pairs(scores, agreed):
     return scores, agreed
 
 
+def kept_bound(scores: Sequence[float], agreed: Sequence[bool], threshold: float, confidence: float) -> dict:
+    """Agreement among the images the edge keeps at `threshold` (confidence >= threshold), with its one-sided lower
+    bound: "with `confidence`, agreement on the photos the edge keeps is >= lower (N = kept)"."""
+    scores, agreed = _pairs(scores, agreed)
+    kept = scores >= threshold
+    n, k = int(kept.sum()), int((kept & agreed).sum())
+    return {"confidence": float(confidence), "kept": n, "kept_agreed": k,
+            "lower": lower_bound(k, n, confidence) if n else None}
+
+
+def with_margin(scores: Sequence[float], agreed: Sequence[bool], target: float, confidence: float) -> dict:
+    """The threshold chosen with a margin, -> {"threshold", "rule", "certified", **kept_bound}:
+
+    1. the smallest threshold whose lower bound on kept agreement reaches `target` ("certified"); else, when the
+       held-out images are too few for any threshold to prove it (no disagreement among n kept images proves at
+       most (1 - confidence) ** (1/n): 99.5 % at 95 % needs n >= 598),
+    2. of the thresholds at or above the point estimate's (`threshold_for`), the one with the highest lower bound
+       (ties: the fewest sent). It never sends fewer than the point estimate; it sends more when that removes a
+       disagreement the bound counts against the edge (e.g. the last kept disagreement of 300)."""
+    scores, agreed = _pairs(scores, agreed)
+    candidates = [t for t in candidate_thresholds(scores) if (scores >= t).any()]  # keeping none promises nothing
+    for threshold in candidates:
+        kept = scores >= threshold
+        if (kept & agreed).sum() < target * kept.sum() - 1e-9:
+            continue  # the bound is below the point estimate, so below the target too
+        bound = kept_bound(scores, agreed, threshold, confidence)
+        if bound["lower"] >= target - 1e-12:
+            return {"threshold": float(threshold), "rule": "bound", "certified": True, **bound}
+    point = threshold_for(scores, agreed, target)
+    best = None
+    for threshold in [t for t in candidates if t >= point] or [point]:
+        bound = kept_bound(scores, agreed, threshold, confidence)
+        if best is None or (bound["lower"] or 0.0) > (best[1]["lower"] or 0.0) + 1e-12:
+            best = (threshold, bound)
+    return {"threshold": float(best[0]), "rule": "highest bound at or above the point estimate", "certified": False,
+            **best[1]}
+
+
 def choose(edge_probabilities: np.ndarray, full_probabilities: np.ndarray, target: float,
-           score: str = SCORE) -> dict:
+           score: str = SCORE, margin: Optional[float] = None) -> dict:
     """The threshold meeting `target` on images both models answered, with its curve: what `cassava convert` stores
-    (on its held-out images) and `cassava compare` reports. Non-finite edge outputs: disagreeing, confidence 0."""
+    (on its held-out images) and `cassava compare` reports. Non-finite edge outputs: disagreeing, confidence 0.
+    `margin` (a confidence, e.g. 0.95): choose with a margin (`with_margin`) and report the bound as `margin`;
+    None: the point estimate alone (`threshold_for`)."""
     edge = np.asarray(edge_probabilities, dtype=np.float64)
     full = np.asarray(full_probabilities, dtype=np.float64)
     finite = np.all(np.isfinite(edge), axis=1)
@@ -108,7 +154,12 @@ def choose(edge_probabilities: np.ndarray, full_probabilities: np.ndarray, targe
     scores = np.where(finite, confidence(np.nan_to_num(edge), score), 0.0)
     points = curve(scores, agreed)
     chosen = point_for(points, target)
-    return {"score": score, "target": float(target), "images": int(len(scores)),
+    bound = None
+    if margin is not None and len(scores):
+        bound = with_margin(scores, agreed, target, margin)
+        chosen = at_threshold(scores, agreed, bound["threshold"])
+        bound["point_threshold"] = point_for(points, target)["threshold"]
+    return {"margin": bound, "score": score, "target": float(target), "images": int(len(scores)),
             "edge_alone_agreement": float(agreed.mean()) if len(scores) else 1.0,
             "threshold": chosen["threshold"], "escalated": chosen["escalated"],
             "fraction_escalated": chosen["fraction_escalated"], "agreement": chosen["agreement"], "curve": points}

@@ -35,6 +35,10 @@ class ModelSpec:
     # The edge escalates an image to the cloud when its confidence (shared/escalation.py) is below this; None: no
     # threshold chosen for this model (`cassava serve edge --escalate-below P` gives one).
     escalate_below: Optional[float] = None
+    # What `cassava convert` could promise at that threshold: with 95 % confidence, agreement with the source on the
+    # images the edge keeps is >= this (Clopper–Pearson on its held-out images). The edge checks its audits against
+    # it (edge/trust.py); None: no promise stored.
+    agreement_bound: Optional[float] = None
 
     def __post_init__(self):
         self.class_names = tuple(self.class_names)
@@ -51,6 +55,8 @@ class ModelSpec:
             raise CassavaError("model spec: at least two class names are needed")
         if self.escalate_below is not None and not 0.0 <= float(self.escalate_below) <= 1.0:
             raise CassavaError(f"model spec: escalate_below is a confidence from 0 to 1, not {self.escalate_below}")
+        if self.agreement_bound is not None and not 0.0 <= float(self.agreement_bound) <= 1.0:
+            raise CassavaError(f"model spec: agreement_bound is a fraction from 0 to 1, not {self.agreement_bound}")
 
     @property
     def num_classes(self) -> int:

@@ -94,7 +94,8 @@ def cloud(standin_model, tmp_path_factory):
 def edge_model(standin_model, tmp_path_factory) -> Path:
     import cassava.edge.runtime  # noqa: F401 (the [dev] extra installs it: a broken import fails here)
     out = tmp_path_factory.mktemp("edge-int8")
-    result = run_cli("convert", "--model", "standin", "--out", out, "--quantize", "int8", "--samples", "60", "--quiet")
+    result = run_cli("convert", "--model", "standin", "--out", out, "--quantize", "int8", "--plain", "--samples", "60",
+                     "--quiet")
     assert result.returncode == 0, result.stderr
     return out
 

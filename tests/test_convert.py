@@ -112,6 +112,7 @@ def test_int8_stores_the_escalation_threshold_its_held_out_images_call_for(conve
     0.995), and applied to LiteRT's own answers on the held-out images it reaches that agreement with TensorFlow."""
     import tensorflow as tf
 
+    from cassava.shared.bounds import lower_bound
     from cassava.shared.escalation import is_hard, point_for
     from cassava.shared.preprocess import preprocess
 
@@ -123,9 +124,18 @@ def test_int8_stores_the_escalation_threshold_its_held_out_images_call_for(conve
     curve = escalation["curve"]
     assert len(curve) >= 2 and [p["escalated"] for p in curve] == sorted(p["escalated"] for p in curve)
     assert curve[0]["agreement"] == escalation["edge_alone_agreement"] == report["verification"]["top1_agreement"]
-    assert curve[-1]["agreement"] == 1.0 and point_for(curve, 0.995)["threshold"] == escalation["threshold"]
+    # chosen with a margin: at or above the point estimate, judged by the 95 % lower bound on kept agreement
+    margin = escalation["margin"]
+    assert curve[-1]["agreement"] == 1.0 and point_for(curve, 0.995)["threshold"] == margin["point_threshold"]
+    assert margin["point_threshold"] <= escalation["threshold"]
+    assert margin["kept"] == escalation["images"] - escalation["escalated"] and margin["confidence"] == 0.95
+    assert spec["agreement_bound"] == margin["lower"] == pytest.approx(lower_bound(margin["kept_agreed"],
+                                                                                   margin["kept"]))
     assert escalation["agreement"] >= 0.995 and escalation["images"] == report["verification"]["images"]
-    assert "escalate below" in convert_once(conversions, "standin-int8").stdout
+    stdout = convert_once(conversions, "standin-int8").stdout
+    assert "escalate below" in stdout
+    assert f"with 95% confidence, agreement on the photos the edge keeps is >= {margin['lower']:.1%} " \
+           f"(N = {margin['kept']} kept" in stdout
 
     files = report["data"]["verification_files"]
     x = np.stack([preprocess(f, 224) for f in files]).astype(np.float32) / 255.0
@@ -137,6 +147,32 @@ def test_int8_stores_the_escalation_threshold_its_held_out_images_call_for(conve
     assert abs(int(hard.sum()) - escalation["escalated"]) <= 1  # one score may sit on the threshold
     settled = np.where(hard, expected, got.argmax(1))
     assert np.sum(settled == expected) >= len(files) - 1  # 0.995 of 150-200 images: every one, give or take a tie
+
+
+def test_the_default_int8_copy_sends_the_fewest_images_within_its_budget(conversions, standin_model):
+    """`cassava convert --quantize int8` without --plain weighs plain int8 and copies with float32 layers, and
+    writes the one whose stored threshold sends the fewest held-out images within 1.5x plain int8's time and 1 MB."""
+    from cassava.edge.selective import MAX_BYTES, MAX_LATENCY_RATIO
+
+    result = convert_once(conversions, "standin-int8-default", "--model", "standin", "--quantize", "int8")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report, spec = report_of(result.out), spec_of(result.out)
+    weighed = report["escalation_search"]
+    candidates = weighed["candidates"]
+    assert len(candidates) >= 3 and candidates[0]["float_layer_count"] == 0  # plain int8 is weighed first
+    plain_ms = candidates[0]["ms_per_image"]
+    for c in candidates:
+        assert c["within_budget"] == (c["bytes"] <= MAX_BYTES and c["ms_per_image"] <= MAX_LATENCY_RATIO * plain_ms)
+        assert c["joint_agreement"] >= 0.995 and c["images"] == report["verification"]["images"]
+    chosen = next(c for c in candidates if c["name"] == weighed["chosen"])
+    assert chosen["within_budget"]
+    assert chosen["escalated"] == min(c["escalated"] for c in candidates if c["within_budget"])
+    # the copy written is the chosen one: its stored threshold, its float layers, its held-out answers
+    assert spec["escalate_below"] == pytest.approx(chosen["threshold"])
+    assert report["escalation"]["escalated"] == chosen["escalated"]
+    assert len(spec["tflite"]["float_layers"]) >= chosen["float_layer_count"]
+    assert (spec["tflite"]["input"]["dtype"] == "uint8") == (chosen["float_layer_count"] == 0)
+    assert "default copy" in result.stdout and result.stdout.count("candidate ") == len(candidates)
 
 
 # ---------------------------------------------------------------------------------------------- the real model
@@ -181,7 +217,7 @@ def test_the_users_only_folder_is_split_stratified_and_disjoint(conversions, rea
     from cassava.shared.data import load_samples
     from cassava.shared.evaluate.metrics import wilson_interval
 
-    args = ("--model", real_model, "--input-scale", "255", "--classes", ",".join(REAL_CLASSES),
+    args = ("--model", real_model, "--input-scale", "255", "--classes", ",".join(REAL_CLASSES), "--plain",
             "--calibration", real_photos)
     out = converted(conversions, "real-one-folder", *args)
     result = convert_once(conversions, "real-one-folder")
@@ -291,7 +327,7 @@ def test_int8_calibrated_on_black_images_is_refused(conversions, standin_model, 
     for i in range(10):
         Image.new("RGB", (224, 224)).save(black / f"{i}.png")
     out = conversions / "black-calibration"
-    result = run_cli("convert", "--model", "standin", "--calibration", black, "--verify-data", "standin",
+    result = run_cli("convert", "--model", "standin", "--plain", "--calibration", black, "--verify-data", "standin",
                      "--out", out, "--quiet", timeout=900)
     assert result.returncode == 2
     assert "wholly below --min-agreement 95%" in last_line(result)
@@ -305,7 +341,7 @@ def test_op_without_int8_kernel_is_named_and_kept_in_float_on_request(conversion
     # TF 2.21's converter does not fail here: it silently keeps CUMSUM in float32 even with TFLITE_BUILTINS_INT8
     # (the legacy quantizer raised "Quantization not yet supported for op: 'CUMSUM'"); the float op is found in
     # the converted model and reported.
-    common = ("--model", odd_models / "cumsum", "--calibration", "standin:train", "--samples", "50",
+    common = ("--model", odd_models / "cumsum", "--plain", "--calibration", "standin:train", "--samples", "50",
               "--verify-data", "standin")
     strict = convert_once(conversions, "cumsum-strict", *common)
     assert strict.returncode == 2

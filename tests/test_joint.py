@@ -209,6 +209,15 @@ def test_audits_measure_agreement_on_confident_images_and_photos_go_in_their_sma
         agreed = int(np.sum(cloud_classes == edge_probabilities[~hard].argmax(1)))
         assert _metric(server, "cassava_audited_images_total", agreed="true") == agreed
         assert _metric(server, "cassava_audited_images_total", agreed="false") == confident - agreed
+        # ... and edge/trust.py's 95 % bounds on the same audits, beside the threshold in force (the stored one)
+        from cassava.shared.bounds import lower_bound, upper_bound
+        assert _metric(server, "cassava_audited_window_audits") == confident
+        assert _metric(server, "cassava_audited_agreement_bound", bound="lower") == pytest.approx(
+            lower_bound(agreed, confident))
+        assert _metric(server, "cassava_audited_agreement_bound", bound="upper") == pytest.approx(
+            upper_bound(agreed, confident))
+        assert _metric(server, "cassava_escalate_below") == pytest.approx(threshold)
+        assert _metric(server, "cassava_trust_protecting") == 0
         smaller = [min(len(photo), len(ImagePayloadCodec.compact(p))) for photo, p in zip(photos, pixels)]
         originals = sum(len(photo) <= len(ImagePayloadCodec.compact(p)) for photo, p in zip(photos, pixels))
         assert _metric(server, "cassava_escalation_bytes_total") == sum(smaller)

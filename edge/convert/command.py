@@ -51,6 +51,11 @@ def add_arguments(parser):
                              "an image to the cloud: the one escalating the fewest held-out images while agreement "
                              f"with the source reaches T (default {DEFAULT_ESCALATION_TARGET}; "
                              "docs/joint-inference.md)")
+    parser.add_argument("--plain", dest="escalation_search", action="store_false",
+                        help="int8: the plain full-integer copy (uint8 I/O). Default: of plain int8 and int8 with the "
+                             "layers that cost most agreement kept in float32, the copy that reaches "
+                             "--escalation-target sending the fewest held-out images to the cloud, within 1.5x plain "
+                             "int8's latency and 1 MB (the report lists the candidates weighed)")
     add_model_spec_arguments(parser)
     parser.add_argument("--allow-float-fallback", action="store_true",
                         help="int8: keep ops that have no int8 kernel in float32 instead of failing")

@@ -33,6 +33,8 @@ class ConvertOptions:
     io: Optional[str] = None
     min_agreement: float = MIN_AGREEMENT
     target_agreement: Optional[float] = None
+    # `cassava convert` searches by default (--plain: no); a ConvertOptions made in code (benchmarks) does not
+    escalation_search: bool = False
     escalation_target: float = DEFAULT_ESCALATION_TARGET
     input_scale: Optional[float] = None
     classes: Optional[Sequence[str]] = None

@@ -75,14 +75,16 @@ def convert(model: str, out: Path, options: Optional[ConvertOptions] = None,
     try:
         with native_output_to(log_path) as stderr:
             try:
-                content, quantize, selective, verification = _converted(
+                content, quantize, selective, verification, weighed = _converted(
                     tf, source, path, options, io, calibration_x, held, out, stderr)
+                if weighed and weighed["kept_in_float32"]:
+                    io = "float32"  # TFLite's QuantizationDebugger quantizes inside the model, not at its edges
             except CassavaError:
                 raise
             except Exception as exc:  # ConverterError, RuntimeError or ValueError, with pages of detail
                 raise CassavaError(f"{explain_failure(exc)} (converter log: {log_path})") from None
         report = check_and_write(model, out, options, tf, source, path, content, quantize, io, data,
-                                 calibration_info, held, selective, verification)
+                                 calibration_info, held, selective, verification, weighed)
         if report["verified"]:  # what a device checks before serving it (shared/manifest.py)
             write_manifest(out, held.pixels, held.expected)
         return report
@@ -94,15 +96,15 @@ def convert(model: str, out: Path, options: Optional[ConvertOptions] = None,
 def _converted(tf, source, path: Path, options: ConvertOptions, io: str, calibration_x, held: Held, out: Path,
                stderr):
     """-> (model bytes, quantize mode, the --target-agreement search's report or None, the chosen copy's
-    verification when the search already made it, else None)."""
+    verification when the search already made it, else None, the default int8 search's report or None)."""
     spec = source.spec
     loaded = source.saved_model
 
     def converter_for(mode: str, mode_io: str = "float32"):
         return make_converter(tf, loaded, path, spec, options, mode, mode_io, calibration_x, stderr)
 
-    if options.target_agreement is None:
-        return converter_for(options.quantize, io).convert(), options.quantize, None, None
+    if options.target_agreement is None and not _searches_fewest_sent(options, calibration_x):
+        return converter_for(options.quantize, io).convert(), options.quantize, None, None, None
     from cassava.edge import selective
     from cassava.edge.interpreter import TFLiteClassifier
     from cassava.shared.preprocess import to_model_input
@@ -119,16 +121,38 @@ def _converted(tf, source, path: Path, options: ConvertOptions, io: str, calibra
         if not options.quiet:
             print(line, file=stderr, flush=True)
 
+    timed = to_model_input(held.pixels[:selective.TIMED_IMAGES], spec.input_scale)
+    if options.target_agreement is None:  # the default int8 copy: the fewest sent for the escalation target
+        say(f"weighing int8 copies with float32 layers: the fewest of {len(held.pixels)} held-out images sent while "
+            f"joint agreement reaches {options.escalation_target:.1%} (--plain: plain int8 without this) ...")
+
+        def joint(verification: dict) -> dict:
+            from cassava.shared.bounds import CONFIDENCE
+            from cassava.shared.escalation import choose
+
+            return choose(verification["probabilities"], held.expected, options.escalation_target, margin=CONFIDENCE)
+
+        content, verification, weighed = selective.search_fewest_sent(
+            tf, converter_for, calibration_x, evaluate, joint, options.escalation_target, scratch, timed, spec, say)
+        if content is None:  # plain int8 wins: converted as always, with integer I/O
+            content = converter_for(options.quantize, io).convert()
+        return content, "int8", None, verification, weighed
     say(f"searching for a copy with top-1 agreement >= {options.target_agreement:.1%} on {len(held.pixels)} held-out "
         "images (TFLite QuantizationDebugger: calibrating, then layer-wise error) ...")
-    timed = to_model_input(held.pixels[:selective.TIMED_IMAGES], spec.input_scale)
-    return selective.search_target(tf, converter_for, calibration_x, evaluate, options.target_agreement, scratch,
-                                   timed, spec, say)
+    return (*selective.search_target(tf, converter_for, calibration_x, evaluate, options.target_agreement, scratch,
+                                     timed, spec, say), None)
+
+
+def _searches_fewest_sent(options: ConvertOptions, calibration_x) -> bool:
+    """The default int8 copy is searched for (edge/selective.py `search_fewest_sent`) unless --plain, or a flag
+    asks for something the search cannot give (integer I/O named with --io, TF ops, float fallback)."""
+    return (options.escalation_search and options.quantize == "int8" and options.io is None
+            and calibration_x is not None and not options.select_tf_ops and not options.allow_float_fallback)
 
 
 def check_and_write(model: str, out: Path, options: ConvertOptions, tf, source, path: Path, content: bytes,
                     quantize: str, io: str, data: dict, calibration_info, held: Held, selective=None,
-                    verification=None) -> dict:
+                    verification=None, weighed=None) -> dict:
     """Inspect and verify the converted model in a staging folder; move it into OUT only when it passes.
     `verification`: the search's own verification of these very bytes, so the chosen copy is verified once."""
     from cassava.edge.interpreter import BACKEND, Port, interpreter_class, load_tflite_classifier
@@ -137,18 +161,21 @@ def check_and_write(model: str, out: Path, options: ConvertOptions, tf, source, 
     input_detail, output_detail, ops, float_ops = describe_model(interpreter_class(), content, spec)
     flex_ops = sorted({op for op in ops if op.startswith("Flex")})
     float_only = [op for op in float_ops if op not in flex_ops]
-    if quantize == "int8" and not options.allow_float_fallback and float_only and not selective:
+    kept = (weighed or {}).get("kept_in_float32") or []  # the default search's float layers
+    if quantize == "int8" and not options.allow_float_fallback and float_only and not selective and not kept:
         # TF 2.21's converter keeps such ops in float32 silently, even when told int8 only
         raise CassavaError(f"full-integer int8 failed: no int8 kernel for op(s) {', '.join(float_only)} "
                            "(they would run in float32); --allow-float-fallback keeps them in float32")
     variant = VARIANT_NAMES[quantize]
     if selective and quantize == "int8":
         variant += f", {len(selective['kept_in_float32'])} layer(s) kept in float32"
+    elif kept:
+        variant += f", {len(kept)} layer(s) kept in float32 (the fewest sent)"
     tflite_spec = spec.replace(description=f"{spec.description} (TFLite {variant})", tflite={
         "quantize": quantize, "io": io,
         "input": Port(input_detail).describe(), "output": Port(output_detail).describe(),
         "float_ops": float_ops if quantize == "int8" else [], "flex_ops": flex_ops,
-        "float_layers": selective["kept_in_float32"] if selective else [],
+        "float_layers": selective["kept_in_float32"] if selective else kept,
         "source": str(model), "converter": f"tensorflow {tf.__version__}",
     })
     staging = out / ".staging"
@@ -169,7 +196,8 @@ def check_and_write(model: str, out: Path, options: ConvertOptions, tf, source, 
             reason = refusal(verification, options.min_agreement, ops)
         escalation = _escalation(verification, held, options.escalation_target)
         if escalation:  # the spec carries the threshold the edge escalates below (docs/joint-inference.md)
-            tflite_spec = tflite_spec.replace(escalate_below=escalation["threshold"])
+            tflite_spec = tflite_spec.replace(escalate_below=escalation["threshold"],
+                                              agreement_bound=(escalation["margin"] or {}).get("lower"))
             tflite_spec.save(staging)
         accepted = verification is None or reason is None
         report = {
@@ -183,6 +211,7 @@ def check_and_write(model: str, out: Path, options: ConvertOptions, tf, source, 
             "accepted": accepted, "verified": verification is not None, "reason": reason,
             "sizes": {**saved_model_sizes(path), "tflite_bytes": len(content)},
             "ops": ops, "float_ops": float_ops, "flex_ops": flex_ops, "selective": selective, "escalation": escalation,
+            "escalation_search": weighed,
             "interpreter": BACKEND, "tensorflow": tf.__version__,
         }
         if spec.standin:
@@ -200,13 +229,16 @@ def check_and_write(model: str, out: Path, options: ConvertOptions, tf, source, 
 def _escalation(verification: Optional[dict], held: Held, target: float) -> Optional[dict]:
     """The threshold meeting `target` agreement with the source on the held-out images, and its curve. Held out,
     not the calibration images: the int8 copy agrees best on the images it was calibrated on, so a threshold chosen
-    there sends too few of new photos (docs/joint-inference.md). Takes the copy's answers out of `verification`."""
+    there sends too few of new photos (docs/joint-inference.md). Chosen with a margin: judged by the 95 % lower
+    bound on agreement among the images the edge keeps (shared/escalation.py `with_margin`), which the report states
+    and the spec stores. Takes the copy's answers out of `verification`."""
     probabilities = verification.pop("probabilities", None) if verification else None
     if probabilities is None or not len(probabilities):
         return None
+    from cassava.shared.bounds import CONFIDENCE
     from cassava.shared.escalation import choose
 
-    return choose(probabilities, held.expected, target)
+    return choose(probabilities, held.expected, target, margin=CONFIDENCE)
 
 
 def remove_outputs(out: Path, notify: Callable[[str], None] = _to_stderr) -> None:

@@ -40,12 +40,41 @@ def selective_rows(sel: dict) -> list:
     return rows
 
 
+def weighed_rows(w: dict) -> list:
+    """The default int8 search: each candidate's sent share at its own threshold, bound, size and time."""
+    budget = w["budget"]
+    rows = [("default copy", f"{w['chosen']}: {w['objective']}, within {budget['max_latency_ratio']:g}x plain int8 "
+                             f"latency and {_size(budget['max_bytes'])} (--plain: plain int8)")]
+    plain_ms = w["candidates"][0]["ms_per_image"]
+    for c in w["candidates"]:
+        bound = f", bound >= {c['bound']:.1%}" if c.get("bound") is not None else ""
+        mark = "CHOSEN" if c["name"] == w["chosen"] else ("" if c["within_budget"] else "over budget")
+        sends = f"{c['escalated']}/{c['images']} ({c['fraction_escalated']:.1%})"
+        rows.append(("  candidate", f"{c['name']}: sends {sends} at < {c['threshold']:.4g}, alone "
+                                    f"{c['agree']}/{c['images']}{bound}; "
+                                    f"{_size(c['bytes'])}, {c['ms_per_image']:.2f} ms "
+                                    f"({c['ms_per_image'] / plain_ms:.2f}x)  {mark}".rstrip()))
+    return rows
+
+
 def escalation_text(e: dict) -> str:
     """'top probability < 0.5391: 13/150 escalated (8.7%) -> agreement 100.0% (alone 94.0%), target 99.5%'."""
     score = {"top": "top probability"}.get(e["score"], e["score"])
     return (f"{score} < {e['threshold']:.4g}: {e['escalated']}/{e['images']} held-out images "
             f"escalated ({e['fraction_escalated']:.1%}) -> agreement {e['agreement']:.1%} (alone "
             f"{e['edge_alone_agreement']:.1%}), target {e['target']:.1%}")
+
+
+def margin_text(e: dict) -> str:
+    """'with 95 % confidence, agreement on the photos the edge keeps is >= 97.9 % (N = 137 kept of 150)'."""
+    m = e.get("margin")
+    if not m or m.get("lower") is None:
+        return "no bound: the edge keeps no held-out image at this threshold"
+    verdict = ("reaches the target" if m["certified"] else
+               f"below the {e['target']:.1%} target: too few held-out images to prove it")
+    return (f"with {m['confidence']:.0%} confidence, agreement on the photos the edge keeps is >= {m['lower']:.1%} "
+            f"(N = {m['kept']} kept of {e['images']}, {m['kept_agreed']} agreeing; {verdict}; point-estimate "
+            f"threshold {m['point_threshold']:.4g})")
 
 
 def table(report: dict) -> str:
@@ -75,8 +104,11 @@ def table(report: dict) -> str:
                          + caveat))
     if report.get("escalation"):
         rows.append(("escalate below", escalation_text(report["escalation"])))
+        rows.append(("margin", margin_text(report["escalation"])))
     if report.get("selective"):
         rows += selective_rows(report["selective"])
+    if report.get("escalation_search"):
+        rows += weighed_rows(report["escalation_search"])
     ratio = s['tflite_bytes'] / max(1, s['source_variables_bytes'])
     rows.append(("size", f"source variables {_size(s['source_variables_bytes'])} "
                          f"(SavedModel {_size(s['source_saved_model_bytes'])}) "

@@ -29,7 +29,7 @@ def standin_tflite(standin_model) -> Path:
     from cassava.shared.spec import CONVERTED_LAYOUT
 
     def convert(folder: Path) -> None:
-        code = main(["convert", "--model", "standin", "--quantize", "int8", "--samples", "100",
+        code = main(["convert", "--model", "standin", "--quantize", "int8", "--plain", "--samples", "100",
                      "--verify-samples", "60", "--quiet", "--out", str(folder)])
         assert code == 0, "cassava convert of the stand-in failed (its error is above)"
 
