@@ -12,9 +12,9 @@ in for:
   REST layers     MLServer's `create_app` takes no middleware (upstream: no way to add ASGI middleware). Wrapped in
                   `RESTServer.__init__`: `REST_LAYERS` are added with Starlette's `add_middleware` (innermost
                   first): the phone page (page.py), the OIP/body-limit/binary layer (rest.py), the guard (guard.py).
-  REST transport  uvicorn's Config is built in `RESTServer._get_config` (MLServer's only knob,
-                  `_custom_rest_server_settings`, logs "out of support"): wrapped to use connections.GuardedH11 and
-                  the stated keep-alive (header/body deadlines, connection caps).
+  REST transport  uvicorn's Config is built in `RESTServer._get_config` and `MetricsServer._get_config` (MLServer's
+                  only knob, `_custom_rest_server_settings`, logs "out of support"): wrapped to use
+                  connections.GuardedH11 and the stated keep-alive (header/body deadlines, connection caps).
   gRPC layers     `GRPCServer._create_server` fixes its interceptor list (upstream TODO "custom gRPC endpoints"): the
                   grpc.aio server it makes is given `grpc_interceptors()` first (outermost), its options get
                   connections.grpc_options, and Health (health.py: grpc_health's servicer, Check and Watch) and
@@ -131,6 +131,7 @@ def check_in_force() -> None:
 
 
 def _patch_rest_server():
+    from mlserver.metrics.server import MetricsServer
     from mlserver.rest.server import RESTServer
 
     init, get_config = RESTServer.__init__, RESTServer._get_config
@@ -145,15 +146,20 @@ def _patch_rest_server():
         guard.created()
         _REST.add(self)
 
+    setattr(__init__, _MARK, True)
+    RESTServer.__init__, RESTServer._get_config = __init__, _guarded_config(get_config)
+    MetricsServer._get_config = _guarded_config(MetricsServer._get_config)  # the metrics port is uvicorn too
+
+
+def _guarded_config(get_config):
     def _get_config(self):
         config = get_config(self)
         for name, value in connections.uvicorn_overrides(_STATE["settings"]).items():
             setattr(config, name, value)
         return config
 
-    setattr(__init__, _MARK, True)
     setattr(_get_config, _MARK, True)
-    RESTServer.__init__, RESTServer._get_config = __init__, _get_config
+    return _get_config
 
 
 # ---------------------------------------------------------------- gRPC

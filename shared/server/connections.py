@@ -13,7 +13,7 @@ h11 protocol (the one that runs here: httptools is not installed) with:
             connection is closed at once, before it costs a request.
 
 gRPC (`grpc_options`): the HTTP/2 handshake within the header timeout, idle connections closed after a minute,
-keepalive pings to find phones that left the network, at most `max_connections` connections and 16 streams each.
+keepalive pings to find phones that left the network, at most `max_connections` connections and 100 streams each.
 """
 from __future__ import annotations
 
@@ -128,5 +128,5 @@ def grpc_options(settings: guard.GuardSettings) -> dict:
         "grpc.keepalive_timeout_ms": 20_000,  # ... and drop it if it does not answer (a phone that left the WiFi)
         "grpc.http2.min_ping_interval_without_data_ms": 10_000,  # clients may ping every 10 s, not flood
         "grpc.max_allowed_incoming_connections": settings.max_connections,
-        "grpc.max_concurrent_streams": 16,
+        "grpc.max_concurrent_streams": 100,  # HTTP/2's recommended minimum; the per-client share is the limit
     }
