@@ -13,6 +13,7 @@ Latency ratios are measured by benchmarks/bench_guard.py, not asserted here.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 
@@ -22,24 +23,26 @@ import pytest
 
 from cassava.shared.server.guard import GuardSettings
 
-from helpers import Served, all_running, photos_tensor
+from helpers import REPO, Served, all_running, photos_tensor
 
 pytestmark = pytest.mark.slow
 TOKEN = "s3cret-token-for-model-control"
-EDGE = GuardSettings.from_args({"connections_per_client": 64, "requests_per_client": 2}, environ={})
+EDGE = GuardSettings.from_args(json.loads((REPO / "edge" / "settings.json").read_text())
+                               ["model_repository_implementation_args"], environ={})
 
 
 @pytest.fixture(scope="module")
 def opened(tmp_path_factory, standin_int8):
     """Edge servers with model control opened: {"loopback": ..., "token": ...}; the token one also limits every
-    client, 127.0.0.1 included, to one request in flight (set through the environment)."""
+    client, 127.0.0.1 included, to one request working and none waiting (set through the environment)."""
     root = tmp_path_factory.mktemp("guard")
     token_file = root / "token"
     token_file.write_text(TOKEN + "\n")
     yield from all_running({
         "loopback": Served(root, "edge", standin_int8, "--model-control", "loopback"),
         "token": Served(root / "t", "edge", standin_int8, "--model-control", f"token:{token_file}",
-                        env={"CASSAVA_REQUESTS_PER_CLIENT": "1", "CASSAVA_EXEMPT_CLIENTS": "none"}),
+                        env={"CASSAVA_REQUESTS_PER_CLIENT": "1", "CASSAVA_QUEUED_PER_CLIENT": "0",
+                             "CASSAVA_EXEMPT_CLIENTS": "none"}),
     }, timeout=300)
 
 
@@ -216,7 +219,7 @@ def test_a_greedy_client_gets_429_never_5xx_and_normal_clients_every_answer(stan
             greedy.append(reply.status_code)
             if reply.status_code == 429:
                 retry_after.add(reply.headers.get("retry-after"))
-                assert list(reply.json()) == ["error"] and "at most 2 in flight" in reply.json()["error"]
+                assert list(reply.json()) == ["error"] and "at most 1 working and 3 waiting" in reply.json()["error"]
 
     async def run():
         until = time.monotonic() + 12
@@ -239,7 +242,7 @@ def test_grpc_fair_share_is_resource_exhausted(opened, photo_files):
 
     from cassava.shared.protocol.v2 import build_request
 
-    server = opened["token"]  # one request in flight per client, this machine included
+    server = opened["token"]  # one request at a time per client, this machine included
     request = converters.ModelInferRequestConverter.from_types(
         build_request("photo", photos=photo_files[:4], grpc=True), model_name="cassava")
     with grpc.insecure_channel(server.grpc_address) as channel:

@@ -7,10 +7,11 @@
                   unless `model_control` opens it: `loopback` (callers on this machine) or `token:FILE` (a bearer
                   token, the file's first line, in the `Authorization` header or gRPC metadata). Model changes go
                   through the version store (`cassava models`), which needs none of it.
-  fair share      at most `requests_per_client` requests that make the node work (REST POST, gRPC ModelInfer and
-                  ModelStreamInfer) in flight per source address; above it REST 429 with `Retry-After`, gRPC
-                  RESOURCE_EXHAUSTED, at once and before the body is read. A concurrency limit, not a rate: an idle
-                  node still answers one client as fast as it can, and a client in a loop gets its share, no more.
+  fair share      of the requests that make the node work (REST POST, gRPC ModelInfer and ModelStreamInfer), at most
+                  `requests_per_client` per source address work at once and `queued_per_client` more wait for that
+                  client's own turn; above that REST 429 with `Retry-After`, gRPC RESOURCE_EXHAUSTED, at once and
+                  before the body is read. A concurrency limit, not a rate: an idle node still answers one client as
+                  fast as it can, and a client in a loop gets its share, no more.
                   `exempt_clients` (default: this machine's own loopback addresses) are never limited.
 
 Every refusal is counted in `cassava_guard_refused_total{protocol, reason}`. The settings come from settings.json's
@@ -20,12 +21,12 @@ environment (`CASSAVA_MODEL_CONTROL=loopback`, `CASSAVA_REQUESTS_PER_CLIENT=0`, 
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hmac
 import ipaddress
 import json
 import os
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple
@@ -48,7 +49,8 @@ class GuardSettings:
     keep_alive_s: int = 5  # idle between requests on one connection (uvicorn's default, stated)
     max_connections: int = 512  # REST connections at once; a Pi's default open-file limit is 1024
     connections_per_client: int = 0  # REST connections at once per source address (0: no limit)
-    requests_per_client: int = 0  # POST / ModelInfer in flight per source address (0: no limit)
+    requests_per_client: int = 0  # POST / ModelInfer working at once per source address (0: no limit) ...
+    queued_per_client: int = 0  # ... and waiting for that client's turn; any more are refused
     retry_after_s: int = 1
     exempt_clients: Tuple[str, ...] = ("127.0.0.1", "::1")  # never limited per client: this machine's own agent
 
@@ -137,26 +139,55 @@ def is_loopback(host: str) -> bool:
 
 
 class ClientShare:
-    """Requests in flight per source address, at most `limit` each (0: no limit)."""
+    """Each source address' requests: at most `limit` working at once, up to `queued` more waiting for the client's
+    own turn (first come, first served), any beyond refused. A client's extra requests wait behind its own, never in
+    front of other clients'. 0: no limit."""
 
-    def __init__(self, limit: int, exempt=()):
-        self.limit, self.exempt = limit, frozenset(exempt)
-        self._in_flight: Counter = Counter()
+    def __init__(self, limit: int, queued: int = 0, exempt=()):
+        self.limit, self.queued, self.exempt = limit, queued, frozenset(exempt)
+        self._turns: dict = {}  # client -> (asyncio.Semaphore, requests admitted: working + waiting)
 
-    def enter(self, client: str) -> bool:
-        if self.limit <= 0 or client in self.exempt:
+    def limited(self, client: str) -> bool:
+        return self.limit > 0 and client not in self.exempt
+
+    def admit(self, client: str) -> bool:
+        """Take a place (True), or refuse (False). An admitted request then awaits `turn(client)`."""
+        if not self.limited(client):
             return True
-        if self._in_flight[client] >= self.limit:
+        turn, admitted = self._turns.get(client) or (asyncio.Semaphore(self.limit), 0)
+        if admitted >= self.limit + self.queued:
             return False
-        self._in_flight[client] += 1
+        self._turns[client] = (turn, admitted + 1)
         return True
 
-    def leave(self, client: str) -> None:
-        if self.limit <= 0 or client in self.exempt:
+    async def turn(self, client: str) -> None:
+        if self.limited(client):
+            await self._turns[client][0].acquire()
+
+    def leave(self, client: str, started: bool = True) -> None:
+        if not self.limited(client):
             return
-        self._in_flight[client] -= 1
-        if self._in_flight[client] <= 0:
-            del self._in_flight[client]
+        turn, admitted = self._turns[client]
+        if started:
+            turn.release()
+        if admitted <= 1:
+            del self._turns[client]
+        else:
+            self._turns[client] = (turn, admitted - 1)
+
+    async def run(self, client: str, call):
+        """`await call()` in the client's turn (after `admit`)."""
+        started = False
+        try:
+            await self.turn(client)
+            started = True
+            return await call()
+        finally:
+            self.leave(client, started)
+
+    def refusal(self, client: str) -> str:
+        return (f"too many requests from {client} at once (at most {self.limit} working and {self.queued} waiting "
+                "per client)")
 
 
 _METRICS = {}
@@ -189,7 +220,7 @@ class GuardLayer:
     def __init__(self, app, settings: GuardSettings):
         self.app = app
         self.control = settings.control()
-        self.share = ClientShare(settings.requests_per_client, settings.exempt_clients)
+        self.share = ClientShare(settings.requests_per_client, settings.queued_per_client, settings.exempt_clients)
         self.retry_after = settings.retry_after_s
 
     async def __call__(self, scope, receive, send):
@@ -204,15 +235,11 @@ class GuardLayer:
                 return await answer(send, 403, self.control.refusal())
         if scope.get("method") != "POST":
             return await self.app(scope, receive, send)
-        if not self.share.enter(client):
+        if not self.share.admit(client):
             refused("rest", "fair_share")
-            return await answer(send, 429, f"too many requests from {client} at once (at most "
-                                            f"{self.share.limit} in flight per client): retry after "
-                                            f"{self.retry_after} s", [(b"retry-after", str(self.retry_after).encode())])
-        try:
-            return await self.app(scope, receive, send)
-        finally:
-            self.share.leave(client)
+            return await answer(send, 429, f"{self.share.refusal(client)}: retry after {self.retry_after} s",
+                                [(b"retry-after", str(self.retry_after).encode())])
+        return await self.share.run(client, lambda: self.app(scope, receive, send))
 
 
 async def answer(send, status: int, message: str, headers=()):
@@ -247,7 +274,7 @@ def grpc_interceptor(settings: GuardSettings):
     import grpc
 
     control = settings.control()
-    share = ClientShare(settings.requests_per_client, settings.exempt_clients)
+    share = ClientShare(settings.requests_per_client, settings.queued_per_client, settings.exempt_clients)
 
     def allowed(context) -> bool:
         return control.allows(peer_host(context.peer()), _metadata(context, "authorization"))
@@ -260,23 +287,21 @@ def grpc_interceptor(settings: GuardSettings):
                 return handler
             if name in REPOSITORY_METHODS:
                 return _wrap(handler, lambda context: None if allowed(context) else (
-                    "model_control", grpc.StatusCode.PERMISSION_DENIED, control.refusal()), lambda context: None)
-            return _wrap(handler, lambda context: _take(share, context), lambda context: share.leave(
-                peer_host(context.peer())))
+                    "model_control", grpc.StatusCode.PERMISSION_DENIED, control.refusal()))
+            return _wrap(handler, lambda context: _admit(share, context), share)
 
-    def _take(share, context):
+    def _admit(share, context):
         client = peer_host(context.peer())
-        if share.enter(client):
+        if share.admit(client):
             return None
-        return ("fair_share", grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"too many requests from {client} at once (at most {share.limit} in flight per client): retry later")
+        return "fair_share", grpc.StatusCode.RESOURCE_EXHAUSTED, f"{share.refusal(client)}: retry later"
 
     return GuardInterceptor()
 
 
-def _wrap(handler, admit, release):
-    """The handler with `admit(context)` first (None, or (reason, code, message) to refuse) and `release(context)`
-    after an admitted call."""
+def _wrap(handler, admit, share: ClientShare = None):
+    """The handler with `admit(context)` first (None, or (reason, code, message) to refuse), then run in the client's
+    turn when `share` is given."""
     if handler.unary_unary is not None:
         inner = handler.unary_unary
 
@@ -285,10 +310,9 @@ def _wrap(handler, admit, release):
             if refusal is not None:
                 refused("grpc", refusal[0])
                 await context.abort(refusal[1], refusal[2])
-            try:
+            if share is None:
                 return await inner(request, context)
-            finally:
-                release(context)
+            return await share.run(peer_host(context.peer()), lambda: inner(request, context))
 
         return handler._replace(unary_unary=unary_unary)
     if handler.stream_stream is not None:
@@ -299,11 +323,16 @@ def _wrap(handler, admit, release):
             if refusal is not None:
                 refused("grpc", refusal[0])
                 await context.abort(refusal[1], refusal[2])
+            client, started = peer_host(context.peer()), False
             try:
+                if share is not None:
+                    await share.turn(client)
+                    started = True
                 async for response in inner_stream(requests, context):
                     yield response
             finally:
-                release(context)
+                if share is not None:
+                    share.leave(client, started)
 
         return handler._replace(stream_stream=stream_stream)
     return handler
