@@ -9,9 +9,11 @@
                   through the version store (`cassava models`), which needs none of it.
   fair share      of the requests that make the node work (REST POST, gRPC ModelInfer and ModelStreamInfer), at most
                   `requests_per_client` per source address work at once and `queued_per_client` more wait for that
-                  client's own turn; above that REST 429 with `Retry-After`, gRPC RESOURCE_EXHAUSTED, at once and
-                  before the body is read. A concurrency limit, not a rate: an idle node still answers one client as
-                  fast as it can, and a client in a loop gets its share, no more.
+                  client's own turn; above that REST 429 with `Retry-After`, gRPC RESOURCE_EXHAUSTED, before the
+                  body is read and `refusal_delay_s` late (a client in a tight loop that ignores Retry-After then
+                  costs the node a few refusals per second per connection, not hundreds). A concurrency limit, not
+                  a rate: an idle node still answers one client as fast as it can, and a client in a loop gets its
+                  share, no more.
                   `exempt_clients` (default: this machine's own loopback addresses) are never limited.
 
 Every refusal is counted in `cassava_guard_refused_total{protocol, reason}`. The settings come from settings.json's
@@ -52,6 +54,7 @@ class GuardSettings:
     requests_per_client: int = 0  # POST / ModelInfer working at once per source address (0: no limit) ...
     queued_per_client: int = 0  # ... and waiting for that client's turn; any more are refused
     retry_after_s: int = 1
+    refusal_delay_s: float = 0.5  # a refusal is answered this late: a client ignoring Retry-After gets few per second
     exempt_clients: Tuple[str, ...] = ("127.0.0.1", "::1")  # never limited per client: this machine's own agent
 
     @classmethod
@@ -221,7 +224,7 @@ class GuardLayer:
         self.app = app
         self.control = settings.control()
         self.share = ClientShare(settings.requests_per_client, settings.queued_per_client, settings.exempt_clients)
-        self.retry_after = settings.retry_after_s
+        self.retry_after, self.delay = settings.retry_after_s, settings.refusal_delay_s
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -237,6 +240,7 @@ class GuardLayer:
             return await self.app(scope, receive, send)
         if not self.share.admit(client):
             refused("rest", "fair_share")
+            await asyncio.sleep(self.delay)
             return await answer(send, 429, f"{self.share.refusal(client)}: retry after {self.retry_after} s",
                                 [(b"retry-after", str(self.retry_after).encode())])
         return await self.share.run(client, lambda: self.app(scope, receive, send))
@@ -288,7 +292,7 @@ def grpc_interceptor(settings: GuardSettings):
             if name in REPOSITORY_METHODS:
                 return _wrap(handler, lambda context: None if allowed(context) else (
                     "model_control", grpc.StatusCode.PERMISSION_DENIED, control.refusal()))
-            return _wrap(handler, lambda context: _admit(share, context), share)
+            return _wrap(handler, lambda context: _admit(share, context), share, settings.refusal_delay_s)
 
     def _admit(share, context):
         client = peer_host(context.peer())
@@ -299,9 +303,9 @@ def grpc_interceptor(settings: GuardSettings):
     return GuardInterceptor()
 
 
-def _wrap(handler, admit, share: ClientShare = None):
-    """The handler with `admit(context)` first (None, or (reason, code, message) to refuse), then run in the client's
-    turn when `share` is given."""
+def _wrap(handler, admit, share: ClientShare = None, delay: float = 0.0):
+    """The handler with `admit(context)` first (None, or (reason, code, message) to refuse, `delay` seconds late),
+    then run in the client's turn when `share` is given."""
     if handler.unary_unary is not None:
         inner = handler.unary_unary
 
@@ -309,6 +313,7 @@ def _wrap(handler, admit, share: ClientShare = None):
             refusal = admit(context)
             if refusal is not None:
                 refused("grpc", refusal[0])
+                await asyncio.sleep(delay)
                 await context.abort(refusal[1], refusal[2])
             if share is None:
                 return await inner(request, context)
@@ -322,6 +327,7 @@ def _wrap(handler, admit, share: ClientShare = None):
             refusal = admit(context)
             if refusal is not None:
                 refused("grpc", refusal[0])
+                await asyncio.sleep(delay)
                 await context.abort(refusal[1], refusal[2])
             client, started = peer_host(context.peer()), False
             try:
