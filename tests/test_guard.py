@@ -4,7 +4,8 @@
                   refused on both tiers by default, the model still ready after; opened by `--model-control
                   loopback` or `token:FILE` (gRPC: the same, with the token in metadata);
   slow clients    400 connections sending their headers slowly are closed at the header timeout while normal requests
-                  are answered; one source's connections above its cap are closed at once;
+                  are answered; a silent body, an idle keep-alive connection and a silent gRPC connection are cut at
+                  theirs; one source's connections above its cap are closed at once;
   fair share      a greedy client gets 429 with Retry-After (gRPC RESOURCE_EXHAUSTED), never a 5xx, while four normal
                   clients get every answer; refusals are counted in Prometheus.
 Distinct clients are distinct loopback source addresses (127.0.0.2, ...): all of 127/8 is this machine's loopback.
@@ -191,6 +192,53 @@ def test_slow_header_connections_are_closed_at_the_header_timeout_while_others_a
     assert statuses and set(statuses) == {200}, statuses
     assert re.search(r'cassava_guard_refused_total\{protocol="rest",reason="headers_timeout"\} [1-9]',
                      server.metrics())
+
+
+async def _closed_after(reader, limit: float):
+    """Seconds until the server closes the connection (reading and discarding what it sends), None after `limit`."""
+    start = time.monotonic()
+    try:
+        while time.monotonic() - start < limit:
+            data = await asyncio.wait_for(reader.read(65536), timeout=limit)
+            if not data:
+                return time.monotonic() - start
+    except (asyncio.TimeoutError, ConnectionError, OSError):
+        pass
+    return None if time.monotonic() - start >= limit else time.monotonic() - start
+
+
+def test_a_silent_body_an_idle_keep_alive_and_a_silent_grpc_connection_are_cut(standin_servers, photo_files):
+    server = standin_servers["edge"]
+
+    async def silent_body():
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.http_port, local_addr=("127.0.0.40", 0))
+        writer.write(b"POST /v2/models/cassava/infer HTTP/1.1\r\nHost: pi\r\ncontent-type: application/json\r\n"
+                     b"content-length: 100000\r\n\r\n" + b" " * 1000)  # then nothing
+        await writer.drain()
+        return await _closed_after(reader, EDGE.body_timeout_s + 10)
+
+    async def idle_keep_alive():
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.http_port, local_addr=("127.0.0.41", 0))
+        writer.write(b"GET /v2/health/live HTTP/1.1\r\nHost: pi\r\n\r\n")
+        await writer.drain()
+        answer = await reader.readuntil(b"}")
+        assert answer.startswith(b"HTTP/1.1 200"), answer
+        return await _closed_after(reader, EDGE.keep_alive_s + 10)
+
+    async def silent_grpc():
+        reader, _ = await asyncio.open_connection("127.0.0.1", server.grpc_port, local_addr=("127.0.0.42", 0))
+        return await _closed_after(reader, EDGE.header_timeout_s + 10)
+
+    async def run():
+        return await asyncio.gather(silent_body(), idle_keep_alive(), silent_grpc())
+
+    body, idle, grpc_silent = asyncio.run(run())
+    assert body is not None and EDGE.body_timeout_s - 1 <= body <= EDGE.body_timeout_s + 3, body
+    assert idle is not None and EDGE.keep_alive_s - 1 <= idle <= EDGE.keep_alive_s + 3, idle
+    assert grpc_silent is not None and grpc_silent <= EDGE.header_timeout_s + 3, grpc_silent
+    assert re.search(r'cassava_guard_refused_total\{protocol="rest",reason="body_timeout"\} [1-9]', server.metrics())
+    assert httpx.post(f"{server.url}/v2/models/cassava/infer", json={"inputs": [photos_tensor(photo_files[:1])]},
+                      timeout=60).status_code == 200
 
 
 def test_one_clients_connections_above_its_cap_are_closed_at_once(standin_servers):
