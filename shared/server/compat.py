@@ -35,6 +35,14 @@ in for:
 
 Servers and data planes are registered as they are made (weak sets); `check_in_force()`, run when a model loads,
 fails closed if one was made without its layers.
+
+Adding to it: a REST route a model serves (e.g. a settlement endpoint) uses MLServer's own seam,
+`@mlserver.handlers.custom_handler(rest_path=..., rest_method=...)` on a runtime method: MLServer adds the route when
+the model loads (also with parallel workers) and it sits inside every layer here (guard, body limit, OIP error
+objects). A path answered in front of MLServer's routing, as page.py does, is an ASGI middleware class put in
+`rest_layers()` (inside RestLayer for the body limit and error objects; GuardLayer stays last, outermost). A gRPC
+concern is a `grpc.aio.ServerInterceptor` in `grpc_interceptors()`; another gRPC service is added in `_create_server`
+beside Health.
 """
 from __future__ import annotations
 
