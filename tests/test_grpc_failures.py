@@ -105,7 +105,7 @@ def test_a_model_still_loading_is_unavailable_and_retried_until_it_answers(loadi
     try:
         # MLServer's ServerReady says true here (no model registered yet, so none is unready): only ModelReady tells
         assert once.model_ready() is False
-        # UNAVAILABLE (conformance.py; MLServer says INVALID_ARGUMENT): nothing is wrong with the request
+        # UNAVAILABLE (compat.py; MLServer says INVALID_ARGUMENT): nothing is wrong with the request
         with pytest.raises(Unavailable, match="UNAVAILABLE: Model cassava .*is not ready yet"):
             once.infer(build_request("uint8", pixels=_pixels(1), grpc=True))
     finally:

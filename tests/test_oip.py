@@ -2,7 +2,7 @@
 outputs, OIP error objects and health bodies, bounded metric labels, gRPC health and reflection, quiet logs for
 clients' mistakes, metadata that matches the answers, no zombie in the server's process group, and the decision on
 base64 `photos` without a content_type. The behaviours MLServer itself gets wrong are put right in
-shared/server/rest.py and shared/server/conformance.py; these tests fail if an MLServer upgrade moves them.
+shared/server/rest.py and shared/server/compat.py; these tests fail if an MLServer upgrade moves them.
 """
 from __future__ import annotations
 
@@ -207,6 +207,37 @@ def test_grpc_health_check_and_reflection(standin_servers, tier):
 
 
 @pytest.mark.parametrize("tier", TIERS)
+def test_grpc_errors_carry_the_code_rest_gives(standin_servers, tier):
+    """MLServer's ModelReady has no error handler (UNKNOWN: Unexpected <class ModelNotFound>); compat.py maps every
+    MLServerError as REST does: 404 NOT_FOUND, 403 PERMISSION_DENIED (the repository API, closed by default)."""
+    from mlserver.grpc import dataplane_pb2, dataplane_pb2_grpc
+
+    server = standin_servers[tier]
+    assert httpx.get(f"{server.url}/v2/models/nosuch/ready", timeout=10).status_code == 404
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        stub = dataplane_pb2_grpc.GRPCInferenceServiceStub(channel)
+        for call in (lambda: stub.ModelReady(dataplane_pb2.ModelReadyRequest(name="nosuch"), timeout=10),
+                     lambda: stub.ModelMetadata(dataplane_pb2.ModelMetadataRequest(name="nosuch"), timeout=10)):
+            with pytest.raises(grpc.RpcError) as error:
+                call()
+            assert error.value.code() == grpc.StatusCode.NOT_FOUND and "nosuch" in error.value.details()
+        with pytest.raises(grpc.RpcError) as error:
+            stub.RepositoryModelUnload(dataplane_pb2.RepositoryModelUnloadRequest(model_name="cassava"), timeout=10)
+        assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert stub.ModelReady(dataplane_pb2.ModelReadyRequest(name="cassava"), timeout=10).ready
+
+
+@pytest.mark.parametrize("tier", TIERS)
+def test_grpc_health_watch_streams_the_models_status(standin_servers, tier):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(standin_servers[tier].grpc_address) as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service="cassava"), timeout=10)
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        watch.cancel()
+
+
+@pytest.mark.parametrize("tier", TIERS)
 def test_grpc_client_mistakes_are_one_info_line_not_an_error_with_a_traceback(standin_servers, tier):
     from mlserver.types import InferenceRequest, RequestInput
 
@@ -286,8 +317,8 @@ def test_base64_photos_without_a_content_type_are_read_as_base64(standin_servers
 
 
 def test_mlserver_is_the_version_the_patches_were_checked_against():
-    """rest.py and conformance.py patch MLServer 1.7.1's internals; the tests above check each behaviour on real
-    servers. An upgrade must re-run them (and may make a patch unneeded: see conformance.py's list)."""
+    """compat.py patches MLServer 1.7.1's internals (and refuses any other version); the tests above check each
+    behaviour on real servers. An upgrade must re-run them (and may make a patch unneeded: see compat.py's list)."""
     import mlserver
 
     assert mlserver.__version__ == "1.7.1"

@@ -1,12 +1,13 @@
-"""The MLServer model repository both tiers' settings.json name: it serves this project's runtimes only.
+"""The MLServer model repository both tiers' settings.json name: it serves this project's runtimes only, and it is
+where a server's MLServer compatibility layer is applied.
 
 MLServer discovers every `model-settings.json` under its folder, recursively, and imports whatever Python class
 each one names. A model folder copied onto a device (or unpacked from a model URI) could bring its own
 model-settings.json naming its own code; this repository refuses any implementation outside `cassava.`, so a model
 directory can only ever be data (a SavedModel or a .tflite), never code.
 
-It is also the one hook MLServer runs before it builds its REST app (settings.json is read first), so importing
-this module is where the REST layer (rest.py) and the other MLServer patches (conformance.py) are installed.
+MLServer constructs it at start, before it builds its data plane and its REST and gRPC servers, with settings.json's
+`model_repository_implementation_args`: the guard settings (guard.py). The constructor applies compat.py with them.
 """
 from __future__ import annotations
 
@@ -16,15 +17,17 @@ from mlserver.logging import logger
 from mlserver.repository.repository import SchemalessModelRepository
 from mlserver.settings import ModelSettings
 
-from . import conformance, rest
+from . import compat
+from .guard import GuardSettings
 
 TRUSTED_RUNTIMES = "cassava."
 
-rest.install()
-conformance.install()
-
 
 class CassavaModelRepository(SchemalessModelRepository):
+    def __init__(self, root: str, **guard):
+        super().__init__(root)
+        compat.apply(GuardSettings.from_args(guard))
+
     async def list(self) -> List[ModelSettings]:
         trusted = []
         for model_settings in await super().list():

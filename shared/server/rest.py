@@ -16,10 +16,8 @@
 Translating in front of MLServer, rather than answering binary requests here, keeps MLServer's routing, model
 lookup, error answers, metrics and tracing the same for every request.
 
-MLServer has no middleware hook, so `install()` wraps its REST app factory; the model repository named in
-settings.json imports this before MLServer builds its app. Because that is a patch of MLServer internals,
-`check_in_force()` runs when a model loads and fails closed: the model does not load, and `mlserver start` stops,
-if any REST app in the process lacks the layer.
+compat.py adds this layer to every REST app MLServer builds (MLServer has no middleware hook), and its
+`check_in_force()` fails closed, when a model loads, if an app lacks it.
 """
 from __future__ import annotations
 
@@ -33,7 +31,6 @@ from urllib.parse import unquote
 import orjson  # MLServer's own JSON library
 
 from ..protocol import binary
-from . import page
 
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
 
@@ -279,40 +276,3 @@ async def _answer(send, status: int, content: dict, headers=(), head: bool = Fal
     await send({"type": "http.response.start", "status": status, "headers": [
         *headers, (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": b"" if head else body})
-
-
-def install() -> None:
-    """Wrap MLServer's REST app factory once, so every app it builds has the layer (outermost)."""
-    import mlserver.rest.server as rest_server
-
-    original = rest_server.create_app
-    if getattr(original, "_cassava_limited", False):
-        return
-
-    def create_app(*args, **kwargs):
-        app = original(*args, **kwargs)
-        if page.enabled():
-            app.add_middleware(page.PageLayer)  # GET /: the phone page (page.py); inside the body limit
-        app.add_middleware(RestLayer, max_bytes=max_request_bytes())
-        return app
-
-    create_app._cassava_limited = True
-    rest_server.create_app = create_app
-
-
-def check_in_force() -> None:
-    """Raise unless every MLServer REST app in this process carries the layer (none at all is fine: a runtime
-    loaded in-process, or in one of MLServer's worker processes, serves no REST)."""
-    import gc
-
-    from mlserver.rest.server import RESTServer
-
-    from ..errors import CassavaError
-
-    servers = [o for o in gc.get_objects() if isinstance(o, RESTServer)]
-    for server in servers:
-        middleware = getattr(getattr(server, "_app", None), "user_middleware", None)
-        if middleware is None or not any(m.cls is RestLayer for m in middleware):
-            raise CassavaError("cassava's REST layer (body limit, binary data extension) is not in force (MLServer's "
-                               "REST app was built without it): refusing to serve. Is settings.json's model_repository_"
-                               "implementation cassava.shared.server.repository.CassavaModelRepository?")

@@ -16,10 +16,8 @@ import logging
 import os
 from typing import Optional
 
-import grpc
 import numpy as np
 from mlserver import MLModel
-from mlserver.grpc.utils import STATUS_CODE_MAPPING
 from mlserver.types import InferenceRequest, InferenceResponse, MetadataModelResponse, Parameters
 from prometheus_client import REGISTRY, Counter, Histogram
 
@@ -36,7 +34,7 @@ from ..protocol.v2 import (
     requested_outputs,
 )
 from ..spec import is_model_path
-from . import conformance, rest
+from . import compat
 from .batching import MicroBatcher
 from .decoding import PhotoDecoder, keep_large_blocks_in_mmap
 from .process import LOAD_FAILURE_ENV
@@ -44,11 +42,6 @@ from .store import WATCH_INTERVAL_S, StoreWatcher, is_store
 from .store import metrics as store_metrics
 
 log = logging.getLogger("cassava.runtime")
-
-# MLServer gives gRPC clients a code for 400/404/422/500 only: a batch over the limit (413 over REST) would arrive
-# as UNKNOWN, which reads as a server fault and invites retries. RESOURCE_EXHAUSTED is gRPC's own "too large".
-STATUS_CODE_MAPPING.setdefault(413, grpc.StatusCode.RESOURCE_EXHAUSTED)
-
 
 _METRICS = {}
 
@@ -140,8 +133,7 @@ class ImageClassifierRuntime(MLModel):
         return ready
 
     async def _load(self) -> bool:
-        rest.check_in_force()  # fail closed: no model, no server, if MLServer's REST app lacks the body limit
-        conformance.check_in_force()  # ... or its data plane and gRPC server lack the OIP patches
+        compat.check_in_force()  # fail closed: no model, no server, if MLServer was built without cassava's layers
         extra = self._extra()
         uri = await self._model_uri()
         if is_store(uri):

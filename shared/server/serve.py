@@ -24,6 +24,7 @@ from ..errors import CassavaError
 from ..native import native_stderr_silenced
 from ..spec import CROPNET_HANDLE, is_model_path, model_kind
 from ..tiers import TIERS, tool
+from .guard import MODEL_CONTROL_ENV, ModelControl
 from .page import PAGE_ENV
 from .store import MAX_INTERVAL_S, WATCH_INTERVAL_S, StoreWatcher, is_store
 from .supervise import model_line, serve  # noqa: F401 (serve: the supervisor, also used by tests)
@@ -51,6 +52,10 @@ def add_arguments(parser):
                         help="model store: let a new version change input size, pixel range or classes")
     parser.add_argument("--watch-interval", type=float, default=WATCH_INTERVAL_S,
                         help=f"model store: seconds between looks for new versions (at most {MAX_INTERVAL_S:g})")
+    parser.add_argument("--model-control", metavar="closed|loopback|token:FILE",
+                        help="who may call the model repository API (load/unload/index): closed (default: nobody), "
+                             "loopback (this machine), token:FILE (the bearer token on FILE's first line); the same "
+                             f"as {MODEL_CONTROL_ENV}=... in the environment (docs/threat-model.md)")
     parser.add_argument("--no-page", action="store_true",
                         help="API only: no phone page on GET / (the same as CASSAVA_PAGE=off in the environment)")
     budget = parser.add_argument_group("decoding budget (defaults sized for a 1 GB Raspberry Pi; see shared/budget.py)")
@@ -87,6 +92,9 @@ def run(args) -> int:
     decoding = decoding_settings(args)
     spec = check_model(tier, model, args.input_scale, args.classes, debug)
     extra = escalation and _preflight_escalation(escalation, spec)
+    if getattr(args, "model_control", None):
+        ModelControl.parse(args.model_control)  # a bad value or token file is one line and exit 2, here
+        os.environ[MODEL_CONTROL_ENV] = args.model_control  # MLServer inherits it
     if getattr(args, "no_page", False):
         os.environ[PAGE_ENV] = "off"  # MLServer inherits it (exec, then the supervisor's child)
     run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix=f"cassava-{tier}-"))

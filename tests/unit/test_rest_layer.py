@@ -13,7 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from cassava.shared.errors import CassavaError
-from cassava.shared.server import rest
+from cassava.shared.server import compat, rest
 
 
 def _echo_app(limit: int):
@@ -58,23 +58,40 @@ def test_mlservers_rest_app_gets_the_layer_and_the_check_passes():
     from mlserver.rest.server import RESTServer
     from mlserver.settings import Settings
 
-    rest.install()
+    compat.apply()
     server = RESTServer(Settings(), data_plane=None, model_repository_handlers=None)
     assert any(m.cls is rest.RestLayer for m in server._app.user_middleware)
-    rest.check_in_force()
+    compat.check_in_force()
 
 
 def test_the_check_fails_closed_when_an_app_lacks_the_layer():
     from mlserver.rest.server import RESTServer
+    from mlserver.settings import Settings
 
-    server = RESTServer.__new__(RESTServer)  # as if MLServer had built its app some other way
-    server._app = FastAPI()
+    compat.apply()
+    server = RESTServer(Settings(), data_plane=None, model_repository_handlers=None)
+    server._app = FastAPI()  # as if MLServer had built its app some other way
     with pytest.raises(CassavaError, match="not in force"):
-        rest.check_in_force()
+        compat.check_in_force()
     del server
     import gc
 
     gc.collect()  # no layer-less app left behind for later tests
+
+
+def test_a_data_plane_without_a_rest_server_fails_closed():
+    from mlserver.handlers.dataplane import DataPlane
+    from mlserver.registry import MultiModelRegistry
+    from mlserver.settings import Settings
+
+    compat.apply()
+    plane = DataPlane(Settings(), MultiModelRegistry())  # MLServer's data plane, with no REST server made beside it
+    with pytest.raises(CassavaError, match="a REST server built with the layers"):
+        compat.check_in_force()
+    del plane
+    import gc
+
+    gc.collect()
 
 
 # ---------------------------------------------------------------- the binary data extension on infer requests
