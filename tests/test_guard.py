@@ -24,7 +24,7 @@ import pytest
 
 from cassava.shared.server.guard import GuardSettings
 
-from helpers import REPO, Served, all_running, photos_tensor
+from helpers import REPO, LoopbackServer, all_running, photos_tensor
 
 pytestmark = pytest.mark.slow
 TOKEN = "s3cret-token-for-model-control"
@@ -40,8 +40,8 @@ def opened(tmp_path_factory, standin_int8):
     token_file = root / "token"
     token_file.write_text(TOKEN + "\n")
     yield from all_running({
-        "loopback": Served(root, "edge", standin_int8, "--model-control", "loopback"),
-        "token": Served(root / "t", "edge", standin_int8, "--model-control", f"token:{token_file}",
+        "loopback": LoopbackServer.serve(root, "edge", standin_int8, "--model-control", "loopback"),
+        "token": LoopbackServer.serve(root / "t", "edge", standin_int8, "--model-control", f"token:{token_file}",
                         env={"CASSAVA_REQUESTS_PER_CLIENT": "1", "CASSAVA_QUEUED_PER_CLIENT": "0",
                              "CASSAVA_EXEMPT_CLIENTS": "none"}),
     }, timeout=300)
