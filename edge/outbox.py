@@ -15,6 +15,7 @@ Ids are `secrets.token_urlsafe`: a client given one cannot guess another's.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import logging
 import os
@@ -24,6 +25,8 @@ import time
 import zlib
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional
+
+from cassava.shared.errors import CassavaError
 
 log = logging.getLogger("cassava.outbox")
 
@@ -66,7 +69,16 @@ class Outbox:
         self.evicted = 0
         self.corrupt = 0
         self.folder.mkdir(parents=True, exist_ok=True)
+        self._owner = open(self.folder / ".lock", "w")  # one process per outbox: two senders would settle twice
+        try:
+            fcntl.flock(self._owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._owner.close()
+            raise CassavaError(f"outbox {self.folder} is in use by another process (give each edge its own)") from None
         self._load()
+
+    def close(self) -> None:
+        self._owner.close()  # the lock goes with it
 
     # ------------------------------------------------------------------ start-up
 

@@ -33,7 +33,7 @@ from urllib.parse import unquote
 import orjson  # MLServer's own JSON library
 
 from ..protocol import binary
-from . import page
+from . import page, settlements
 
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
 
@@ -291,6 +291,7 @@ def install() -> None:
 
     def create_app(*args, **kwargs):
         app = original(*args, **kwargs)
+        app.add_middleware(settlements.SettlementLayer)  # GET .../settlements/{id} (settlements.py)
         if page.enabled():
             app.add_middleware(page.PageLayer)  # GET /: the phone page (page.py); inside the body limit
         app.add_middleware(RestLayer, max_bytes=max_request_bytes())

@@ -12,6 +12,7 @@ import tracemalloc
 import pytest
 
 from cassava.edge.outbox import AUDIT, HARD, Outbox
+from cassava.shared.errors import CassavaError
 
 
 def test_entries_come_back_oldest_first_with_their_payload_and_meta(tmp_path):
@@ -19,11 +20,13 @@ def test_entries_come_back_oldest_first_with_their_payload_and_meta(tmp_path):
     first = box.put(b"one", HARD, {"form": "original"})
     second = box.put(b"two", AUDIT)
     assert [e.id for e in box.entries()] == [first.id, second.id]
+    box.close()
     again = Outbox(tmp_path)  # a restart
     assert [(e.id, e.kind, e.meta) for e in again.entries()] == [(first.id, HARD, {"form": "original"}),
                                                                  (second.id, AUDIT, {})]
     assert again.payload(again.entries()[0]) == b"one"
     assert again.remove(first.id) and not again.remove(first.id)
+    again.close()
     assert [e.id for e in Outbox(tmp_path).entries()] == [second.id]
 
 
@@ -72,6 +75,7 @@ def test_past_the_age_budget_entries_are_evicted_also_at_start(tmp_path):
     young = box.put(b"young").id
     now[0] += 20
     assert box.expire() == 1 and [e.id for e in box.entries()] == [young]
+    box.close()
     now[0] += 100
     restarted = Outbox(tmp_path, max_age_s=60, clock=lambda: now[0])
     assert len(restarted) == 0 and restarted.evicted == 1 and old not in restarted
@@ -85,6 +89,7 @@ def test_a_corrupt_file_is_moved_aside_with_one_warning_and_the_rest_kept(tmp_pa
     cut.path.write_bytes(cut.path.read_bytes()[:-10])  # a payload cut short
     garbage.path.write_bytes(b"\x00\xffnot json\n")
     (tmp_path / "000000000099-hard-half.tmp").write_bytes(b"half written")
+    box.close()
     with caplog.at_level(logging.WARNING, logger="cassava.outbox"):
         again = Outbox(tmp_path)
     assert [e.id for e in again.entries()] == [good]
@@ -106,6 +111,14 @@ def test_memory_does_not_grow_with_the_payloads_held(tmp_path):
         tracemalloc.stop()
     assert box.bytes > 20_000_000
     assert held < 1_000_000, f"{held:,} bytes held in memory for 20 MB of entries"
+
+
+def test_one_process_per_outbox(tmp_path):
+    box = Outbox(tmp_path)
+    with pytest.raises(CassavaError, match="in use by another process"):
+        Outbox(tmp_path)
+    box.close()
+    Outbox(tmp_path).close()
 
 
 def test_bad_budgets_and_kinds_are_refused(tmp_path):
