@@ -162,6 +162,27 @@ def test_a_blackholed_link_then_back_loses_nothing_and_settles_nothing_twice(edg
     assert _metric(edge, "cassava_outbox_images") == 0
 
 
+def test_predict_settle_wait_records_the_final_answer_and_the_edge_own(edge, cloud, link, photos, tmp_path):
+    import json
+
+    from helpers import run_cli
+
+    link.set(256, 150)
+    out = tmp_path / "records.json"
+    result = run_cli("predict", "--edge", edge.url, "--data", "standin", "-n", 4, "--batch-size", 1, "--quiet",
+                     "--json", out, "--csv", tmp_path / "records.csv", "--settle-wait", 90, timeout=300)
+    assert result.returncode == 0, result.stderr
+    records = json.loads(out.read_text())
+    assert [r["answered_by"] for r in records] == ["cloud"] * 4, records
+    assert [r["prediction"] for r in records] == [_cloud_label(cloud, p) for p in photos[:4]]
+    later = [r for r in records if r["edge_answered_by"] == "edge-provisional"]
+    assert later and all(r["edge_prediction"] and r["settlement_id"] for r in later)
+    assert "; 4 settled by the cloud" in result.stdout and f"({len(later)} of them after the run)" in result.stdout
+    assert "edge_prediction" in (tmp_path / "records.csv").read_text().splitlines()[0]
+    refused = run_cli("predict", "--local", cloud.url, "--data", "standin", "-n", 1, "--settle-wait", 5)
+    assert refused.returncode == 2 and "--settle-wait" in refused.stderr
+
+
 class NonsenseCloud:
     """A real HTTP server that says it serves the cloud's model (its metadata, copied from the real cloud) and answers
     every inference in valid V2, but not usably: other class names, or rows that are not probabilities."""

@@ -70,6 +70,10 @@ def add_arguments(parser):
     wire.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each answer")
     wire.add_argument("--retries", type=int, default=3,
                       help="retries after a connection error or 5xx (never after a 4xx), with exponential backoff")
+    wire.add_argument("--settle-wait", type=float, default=0.0, metavar="S",
+                      help="--edge escalating to a cloud: after the run, wait up to S seconds for the images it "
+                           "answered provisionally to be settled by the cloud (records then hold the final answer, "
+                           "the edge's beside it as edge_prediction)")
     wire.add_argument("--probe-interval", type=float, default=3.0,
                       help="--auto: seconds between checks of a down edge")
     out = parser.add_argument_group("output")
@@ -100,20 +104,33 @@ def run(args) -> int:
     if args.batch_size < 1 or args.concurrency < 1:
         raise CassavaError("--batch-size and --concurrency must be at least 1")
     mode = chosen_mode(args)  # conflicting flags fail before any data is read
+    if args.settle_wait < 0 or (args.settle_wait and mode != "edge"):
+        raise CassavaError("--settle-wait S: seconds (0 or more), with --edge URL (an edge started with --escalate-to)")
     samples = load_samples(args.data, default_limit(args) or None)
     backend = make_backend(args, mode)
     try:
+        settle = None
+        if args.settle_wait:
+            from ..protocol.transport import check_base_url
+
+            settle = (check_base_url(args.edge), args.model_name, args.settle_wait)
         return classify_and_report(backend, samples, describe(args.data), args.batch_size, args.concurrency,
-                                   not args.quiet, args.plot, args.json, args.csv)
+                                   not args.quiet, args.plot, args.json, args.csv, settle)
     finally:
         backend.close()
 
 
 def classify_and_report(backend, samples: List[Sample], data_description: str, batch_size: int = 16,
                         concurrency: int = 2, progress: bool = True, plot: Optional[Path] = None,
-                        json_path: Optional[Path] = None, csv_path: Optional[Path] = None) -> int:
-    """Classify, write the plot/JSON/CSV, print the summary. Returns the exit code (1: a request failed)."""
+                        json_path: Optional[Path] = None, csv_path: Optional[Path] = None,
+                        settle: Optional[tuple] = None) -> int:
+    """Classify, write the plot/JSON/CSV, print the summary. Returns the exit code (1: a request failed).
+    `settle`: (edge base URL, model name, seconds) to follow provisional answers to their settlement (settle.py)."""
     records, thumbnails = classify_samples(backend, samples, batch_size, progress=progress, concurrency=concurrency)
+    if settle:
+        from .settle import follow_settlements
+
+        follow_settlements(records, *settle)
     title = backend.title
     if "standin" in data_description and STANDIN_NOTE not in title:
         title = f"{title} ({STANDIN_NOTE})"
