@@ -39,7 +39,7 @@ from cassava.shared.spec import ModelSpec
 from .exact import exact_forms, exact_pixels, original_photos  # noqa: F401 (exact_pixels, original_photos: API)
 from .outbox import DEFAULT_MAX_AGE_S, DEFAULT_MAX_BYTES, Outbox, new_id
 from .settlement import SettlementStore
-from .uplink import PROBE_INTERVAL_S, Uplink, UplinkSettings, answer_of
+from .uplink import PROBE_INTERVAL_S, StoreBook, Uplink, UplinkSettings, answer_of
 
 log = logging.getLogger("cassava.escalate")
 
@@ -176,7 +176,7 @@ class Escalation:
         self.outbox = Outbox(folder, settings.outbox_max_bytes, settings.outbox_max_age_s)
         self.settlements = SettlementStore(folder / "settlements")
         self.uplink = Uplink(UplinkSettings(settings.url, settings.probe_interval_s), spec, self.outbox,
-                             self.settlements, model_name, check=self._check,
+                             StoreBook(self.settlements), model_name, check=self._check,
                              on_back=lambda: log.warning("escalation: the cloud at %s answers again", settings.url))
         self._missed_at: Optional[int] = None  # the uplink's success count when a wait last ran out
 
@@ -220,6 +220,13 @@ class Escalation:
             check_cloud(transport.metadata(), self.spec, self.settings.url)
         finally:
             transport.close()
+
+    def settlement(self, settlement_id: str) -> Optional[dict]:
+        """The record for GET .../settlements/{id}; a pending one also says whether the link is up now."""
+        record = self.settlements.get(settlement_id)
+        if record is not None and record.get("status") == "pending":
+            record["link"] = "up" if self.uplink.up else "down"
+        return record
 
     @property
     def keeping_up(self) -> bool:

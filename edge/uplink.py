@@ -44,7 +44,10 @@ WINDOW = 2
 BATCH_IMAGES = 8
 LIVE_BATCH_IMAGES = 64  # a request's own limit (max_request_images)
 BATCH_BYTES = 64 * 1024  # ~2 s at 256 kbit/s: an answer comes back often, even on 2G
-ATTEMPT_TIMEOUT_S = 120.0  # one send; 64 KB at 64 kbit/s takes ~8 s, so this only ends a hung cloud's silence
+# One send may take this long plus its bytes at 32 kbit/s (half of 2G's worst): 64 KB at 64 kbit/s takes ~8 s of
+# its ~36 s, so only a hung cloud or a blackholed link reaches it (then the breaker opens and the probe takes over).
+ATTEMPT_TIMEOUT_S = 20.0
+SLOWEST_LINK_BYTES_S = 4000.0
 MAX_BACKOFF_S = 60.0
 EXPIRE_EVERY_S = 10.0
 SWEEP_EVERY_S = 600.0  # settlement records past their keeping time
@@ -105,15 +108,47 @@ def answer_of(probabilities: np.ndarray, class_names: Sequence[str]) -> dict:
             "probabilities": [round(float(p), 6) for p in probabilities]}
 
 
+class StoreBook:
+    """Where the server's settlements go: hard images' records in a SettlementStore, which clients read by id.
+    A book says whether an entry is final already, and records a settlement or an unsettled end at most once
+    (-> the record, or None when it was final already: a duplicate)."""
+
+    def __init__(self, store: SettlementStore):
+        self.store = store
+
+    def queued(self, entry: Entry) -> None:
+        if entry.kind == HARD:
+            self.store.pending(entry.id, entry.meta["edge"], entry.queued)
+
+    def is_final(self, entry: Entry) -> bool:
+        return entry.kind == HARD and self.store.is_final(entry.id)
+
+    def settled(self, entry: Entry, cloud: dict) -> Optional[dict]:
+        if entry.kind != HARD:
+            return {"status": "settled", "cloud": cloud}  # an audit measures; no client asks for it
+        return self.store.settle(entry.id, cloud, entry.meta["edge"], entry.queued)
+
+    def unsettled(self, entry: Entry, reason: str, status: Optional[int] = None) -> Optional[dict]:
+        if entry.kind != HARD:
+            return None
+        return self.store.keep_provisional(entry.id, entry.meta["edge"], entry.queued, reason)
+
+    def sweep(self) -> None:
+        self.store.sweep()
+
+
 class Uplink:
-    def __init__(self, settings: UplinkSettings, spec: ModelSpec, outbox: Outbox, settlements: SettlementStore,
-                 model_name: str = "cassava", check: Optional[Callable[[], None]] = None,
-                 on_back: Callable[[], None] = lambda: None):
-        """`check()`: raises CassavaError when the cloud answers in other terms (run once it answers)."""
-        self.settings, self.spec, self.outbox, self.settlements = settings, spec, outbox, settlements
+    def __init__(self, settings: UplinkSettings, spec: ModelSpec, outbox: Outbox, book, model_name: str = "cassava",
+                 check: Optional[Callable[[], None]] = None, on_back: Callable[[], None] = lambda: None,
+                 on_down: Callable[[], None] = lambda: None):
+        """`book`: where settlements go (StoreBook for the server, journal.JournalBook for `cassava watch`).
+        `check()`: raises CassavaError when the cloud answers in other terms (run once it answers).
+        `on_down()` / `on_back()`: the cloud stopped / started answering (once per change; down at start too)."""
+        self.settings, self.spec, self.outbox, self.book = settings, spec, outbox, book
+        self._on_down, self._said_down = on_down, False
         self.model_name, self._check, self._checked, self.refused = model_name, check, check is None, None
         self.transport = HttpTransport(settings.url, CLOUD_MODEL, timeout=settings.attempt_timeout_s, retries=0)
-        self.breaker = Breaker(self._probe, settings.probe_interval_s, up=False, on_back=on_back)
+        self.breaker = Breaker(self._probe, settings.probe_interval_s, up=False, on_back=lambda: self._back(on_back))
         self._lock = threading.Lock()
         self._in_flight: set = set()
         self._audits_in_flight = 0
@@ -152,15 +187,16 @@ class Uplink:
 
     # ------------------------------------------------------------------ what callers do
 
-    def put(self, payload: bytes, form: str, kind: str, edge: dict, entry_id: str, live: bool = False) -> Entry:
+    def put(self, payload: bytes, form: str, kind: str, edge: dict, entry_id: Optional[str] = None,
+            live: bool = False, meta: Optional[dict] = None) -> Entry:
         """Queue one image's exact form (blocking: fsync). A hard image's settlement record starts as pending.
         `live`: a client will `wait()` for it (it goes first, with its request's other images)."""
         if live:
             with self._lock:
                 self._live.setdefault(entry_id, [])
-        entry = self.outbox.put(payload, kind, {"form": form, "edge": edge}, entry_id=entry_id)
-        if kind == HARD:
-            self.settlements.pending(entry.id, edge, entry.queued)
+        entry = self.outbox.put(payload, kind, {"form": form, "edge": edge, "bytes": len(payload), **(meta or {})},
+                                entry_id=entry_id)
+        self.book.queued(entry)
         self._gauges()
         if not live:
             self._wake.set()  # (a waited-for image goes when its client waits, with its request's others)
@@ -206,10 +242,11 @@ class Uplink:
                 self._gauges()
                 if time.monotonic() - swept_at > SWEEP_EVERY_S:
                     swept_at = time.monotonic()
-                    self.settlements.sweep()
+                    getattr(self.book, "sweep", lambda: None)()
             if not self.breaker.up:
                 self.breaker.available()  # probes when one is due
                 if not self.breaker.up:
+                    self._down()
                     self._wake.wait(max(0.05, self.breaker._next_probe - time.monotonic()))
                     self._wake.clear()
                     continue
@@ -267,7 +304,7 @@ class Uplink:
     def _send_batch(self, batch: List[Entry]) -> None:
         forms, entries = [], []
         for entry in batch:
-            if entry.kind == HARD and self.settlements.is_final(entry.id):  # settled before a crash: only tidy up
+            if self.book.is_final(entry):  # settled just before a crash: only tidy up
                 self.outbox.remove(entry.id)
                 continue
             payload = self.outbox.payload(entry)
@@ -278,7 +315,9 @@ class Uplink:
             return
         started = time.monotonic()
         try:
-            response = self.transport.infer(cloud_request(forms, self.spec.input_size, request_id=entries[0].id))
+            size = sum(len(payload) for _, payload in forms)
+            response = self.transport.infer(cloud_request(forms, self.spec.input_size, request_id=entries[0].id),
+                                            timeout=self.settings.attempt_timeout_s + size / SLOWEST_LINK_BYTES_S)
             probabilities = self._usable(response, len(entries))
         except Unavailable as exc:
             self._backoff_s = min(MAX_BACKOFF_S, max(1.0, self._backoff_s * 2))
@@ -286,16 +325,20 @@ class Uplink:
             if self.breaker.failed():
                 log.warning("uplink: the cloud at %s failed (%s); %d image(s) wait in the outbox (probing every "
                             "%g s)", self.transport.base_url, exc, len(self.outbox), self.settings.probe_interval_s)
+                self._down()
             return
         except (Rejected, Unusable) as exc:  # for good: retrying the same images would get the same
+            if len(entries) > 1:  # which image was it? each alone, so the others still settle
+                for entry in entries:
+                    self._send_batch([entry])
+                return
             reason = exc.reason if isinstance(exc, Unusable) else f"http-{exc.status}"
             log.warning("uplink: the cloud's answer for %d image(s) is not used (%s); the edge's answers stand",
                         len(entries), exc)
             for entry in entries:
                 metrics()["unusable"].labels(self.model_name, reason).inc()
-                self._finish(entry, self.settlements.keep_provisional(
-                    entry.id, entry.meta["edge"], entry.queued, f"the cloud's answer was unusable: {exc}")
-                    if entry.kind == HARD else None)
+                why = f"the cloud's answer was unusable: {exc}" if isinstance(exc, Unusable) else str(exc)
+                self._finish(entry, self.book.unsettled(entry, why, getattr(exc, "status", None)))
             return
         self.last_round_trip_s = time.monotonic() - started
         self.successes += 1
@@ -306,18 +349,16 @@ class Uplink:
             m["bytes"].labels(self.model_name, form).inc(len(payload))
             m["sent"].labels(self.model_name, form).inc()
             cloud = answer_of(row, self.spec.class_names)
-            if entry.kind == AUDIT:
-                agreed = cloud["class_id"] == entry.meta["edge"]["class_id"]
-                m["audited"].labels(self.model_name, str(agreed).lower()).inc()
-                self._finish(entry, None)
-                continue
-            record = self.settlements.settle(entry.id, cloud, entry.meta["edge"], entry.queued)
+            record = self.book.settled(entry, cloud)
             if record is None:
                 m["duplicate"].labels(self.model_name).inc()
+            elif entry.kind == AUDIT:
+                agreed = cloud["class_id"] == entry.meta["edge"]["class_id"]
+                m["audited"].labels(self.model_name, str(agreed).lower()).inc()
             else:
                 m["settled"].labels(self.model_name, entry.kind).inc()
                 m["settle"].labels(self.model_name).observe(max(0.0, time.time() - entry.queued))
-            self._finish(entry, record or self.settlements.get(entry.id))
+            self._finish(entry, record)
 
     def _usable(self, response, n: int) -> np.ndarray:
         try:
@@ -345,9 +386,29 @@ class Uplink:
 
     def _evicted(self, entry: Entry) -> None:
         metrics()["evicted"].labels(self.model_name, entry.kind).inc()
-        if entry.kind == HARD:
-            self.settlements.keep_provisional(entry.id, entry.meta["edge"], entry.queued,
-                                              "evicted from the outbox unsent (over its byte or age budget)")
+        self.book.unsettled(entry, "evicted from the outbox unsent (over its byte or age budget)")
+
+    def _down(self) -> None:
+        if not self._said_down:
+            self._said_down = True
+            self._on_down()
+
+    def _back(self, on_back: Callable[[], None]) -> None:
+        if self._said_down:  # (not when the first probe finds it: nobody was told it was down)
+            self._said_down = False
+            on_back()
+
+    def drain(self, timeout: float) -> bool:
+        """Wait (blocking) while the cloud answers and the outbox holds something, at most `timeout` s. -> empty?"""
+        self._wake.set()
+        deadline = time.monotonic() + timeout
+        while len(self.outbox) and time.monotonic() < deadline:
+            with self._lock:
+                busy = bool(self._in_flight)
+            if not (self.breaker.up or busy):
+                break
+            time.sleep(0.1)
+        return not len(self.outbox)
 
     def _probe(self) -> bool:
         if self.refused or not self.transport.model_ready(timeout=2.0):
