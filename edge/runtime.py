@@ -40,7 +40,7 @@ class EdgeRuntime(ImageClassifierRuntime):
         if settings is not None:
             self.escalation = Escalation(settings, self.classifier.spec, self.name)
             await asyncio.to_thread(self.escalation.start)
-            settlements.register(self.name, self.escalation.settlements.get)  # GET .../settlements/{id}
+            settlements.register(self.name, self.escalation.settlement)  # GET .../settlements/{id}
             self.outputs = self.declared_outputs(self.classifier.spec)
         return ready
 
