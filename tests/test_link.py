@@ -183,6 +183,28 @@ def test_predict_settle_wait_records_the_final_answer_and_the_edge_own(edge, clo
     assert refused.returncode == 2 and "--settle-wait" in refused.stderr
 
 
+def test_an_edge_started_before_its_cloud_finds_it_within_a_probe_interval(tmp_path, cloud, standin_int8, photos):
+    """The readiness probe runs from start while the breaker is open: the cloud appears (here: the link starts
+    leading to it) and within one probe interval (3 s) plus a margin hard photos are settled within the request."""
+    from helpers import free_port
+
+    link = LinkEmulator(free_port()).start()  # leads nowhere yet: every connection through it fails
+    try:
+        with Served(tmp_path, "edge", standin_int8, "--escalate-to", link.url, "--escalate-below", 1,
+                    "--audit-rate", 0, "--outbox", tmp_path / "outbox") as edge:
+            assert _post(edge, photos[0], wait_s=5)[1] == "edge-provisional"
+            time.sleep(4)  # the edge has been up, and its cloud absent, for a while
+            link.target = ("127.0.0.1", cloud.http_port)  # the cloud is there now
+            appeared, answered_by = time.monotonic(), None
+            while time.monotonic() - appeared < 20 and answered_by != "cloud":
+                answered_by = _post(edge, photos[1], wait_s=5)[1]
+                time.sleep(0.2)
+            assert answered_by == "cloud"
+            assert time.monotonic() - appeared < 3.0 + 4.0  # one probe interval and a loaded machine's margin
+    finally:
+        link.stop()
+
+
 class NonsenseCloud:
     """A real HTTP server that says it serves the cloud's model (its metadata, copied from the real cloud) and answers
     every inference in valid V2, but not usably: other class names, or rows that are not probabilities."""
