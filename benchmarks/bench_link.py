@@ -28,8 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from _servers import REAL_CLASSES, REAL_MODEL, tier_server  # noqa: E402
 from linkemu import LinkEmulator  # noqa: E402
 
-LINKS = {"LAN": (None, 0), "256 kbit/s, 150 ms": (256, 150), "64 kbit/s, 300 ms (2G)": (64, 300),
-         "256 kbit/s, outage": (256, 150)}
+LINKS = {"lan": (None, 0), "256k": (256, 150), "2g": (64, 300), "outage": (256, 150)}  # (kbit/s, one-way ms)
+NAMES = {"lan": "LAN (loopback)", "256k": "256 kbit/s, 150 ms", "2g": "64 kbit/s, 300 ms (2G)",
+         "outage": "256 kbit/s, 150 ms, blackholed mid-run"}
 TARGET_LATENCY, TARGET_SETTLE_P95_S = 1.1, 30.0
 
 
@@ -125,7 +126,7 @@ def run_link(name, link, joint, plain, photos, outage_s: float, settle_wait_s: f
     settled = [r for r in records if r.get("status") == "settled"]
     settle_s = [r["settle_seconds"] for r in settled]
     return {
-        "link": name, "photos": len(rows), "hard": len(ids),
+        "link": NAMES[name], "photos": len(rows), "hard": len(ids),
         "cloud_in_request": sum(j[1] == "cloud" for j, _ in rows),
         "provisional": sum(j[1] == "edge-provisional" for j, _ in rows), "settled": len(settled),
         "never_settled": len(ids) - len(settled),
