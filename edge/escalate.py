@@ -254,7 +254,11 @@ class Escalation:
             if not (self.uplink.up and self.keeping_up):
                 budget = 0.0
             files = await _Lazy(originals).get() if originals is not None else None
-            await asyncio.to_thread(self._queue, x, probabilities, ids, hard, audit, files, budget > 0)
+            try:
+                await asyncio.to_thread(self._queue, x, probabilities, ids, hard, audit, files, budget > 0)
+            except BaseException:
+                self.uplink.release(ids)  # what was queued goes in the background
+                raise
             hard_ids = [i for i, h in zip(ids, hard) if h]
             for i in np.flatnonzero(hard):
                 settlement_ids[i] = ids[i]

@@ -152,6 +152,7 @@ class Uplink:
         self._lock = threading.Lock()
         self._in_flight: set = set()
         self._audits_in_flight = 0
+        self._holding: set = set()  # queued for a client that is about to wait
         self._live: Dict[str, list] = {}  # id -> [(loop, future)] of clients waiting for it now
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -194,6 +195,7 @@ class Uplink:
         if live:
             with self._lock:
                 self._live.setdefault(entry_id, [])
+                self._holding.add(entry_id)  # until its client waits: a request's images go together
         entry = self.outbox.put(payload, kind, {"form": form, "edge": edge, "bytes": len(payload), **(meta or {})},
                                 entry_id=entry_id)
         self.book.queued(entry)
@@ -208,6 +210,7 @@ class Uplink:
         loop = asyncio.get_running_loop()
         futures = {}
         with self._lock:
+            self._holding.difference_update(ids)
             for entry_id in ids:
                 future = loop.create_future()
                 self._live.setdefault(entry_id, []).append((loop, future))
@@ -226,6 +229,15 @@ class Uplink:
                         self._live.pop(entry_id, None)
         done = {i: f.result() for i, f in futures.items() if f.done() and not f.cancelled()}
         return {i: record for i, record in done.items() if record.get("status") == "settled"}
+
+    def release(self, ids: Sequence[str]) -> None:
+        """Queued with `live` but nobody will wait: they go in the background."""
+        with self._lock:
+            self._holding.difference_update(ids)
+            for entry_id in ids:
+                if not self._live.get(entry_id):
+                    self._live.pop(entry_id, None)
+        self._wake.set()
 
     @property
     def up(self) -> bool:
@@ -269,7 +281,7 @@ class Uplink:
 
     def _next_batch(self) -> List[Entry]:
         """(Under the lock.) Waited-for first, then hard, then audits; each group oldest first; one family."""
-        waiting = [e for e in self.outbox.entries() if e.id not in self._in_flight]
+        waiting = [e for e in self.outbox.entries() if e.id not in self._in_flight and e.id not in self._holding]
         if self._audits_in_flight:  # one window slot at most for audits: hard images never wait behind them
             waiting = [e for e in waiting if e.kind == HARD]
         if not waiting:
