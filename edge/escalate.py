@@ -38,8 +38,8 @@ from cassava.shared.spec import ModelSpec
 
 from .exact import exact_forms, exact_pixels, original_photos  # noqa: F401 (exact_pixels, original_photos: API)
 from .outbox import DEFAULT_MAX_AGE_S, DEFAULT_MAX_BYTES, Outbox, new_id
-from .settlement import SettlementStore
-from .uplink import PROBE_INTERVAL_S, StoreBook, Uplink, UplinkSettings, answer_of
+from .settlement import SettlementStore, StoreBook
+from .uplink import PROBE_INTERVAL_S, Uplink, UplinkSettings, answer_of
 
 log = logging.getLogger("cassava.escalate")
 

@@ -66,7 +66,7 @@ def top_k(probabilities: np.ndarray, class_names, k: int = TOP_K):
 
 
 class JournalBook:
-    """The uplink's book for `cassava watch` (see uplink.StoreBook): one line per photo in the settled or forwarded
+    """The uplink's book for `cassava watch` (see settlement.StoreBook): one line per photo in the settled or forwarded
     file. Outbox entries carry the photo's id (`photo_id`) and, escalating, why it went (`reason`: hard or audit)."""
 
     def __init__(self, log: ResultLog, escalating: bool):

@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from .outbox import HARD, Entry
+
 PENDING, SETTLED, PROVISIONAL = "pending", "settled", "provisional"
 DEFAULT_KEEP_S = 7 * 24 * 3600.0
 DEFAULT_MAX_RECORDS = 100_000
@@ -116,3 +118,32 @@ class SettlementStore:
                 handle.flush()
                 os.fsync(handle.fileno())
         os.replace(temporary, path)
+
+
+class StoreBook:
+    """Where the server's settlements go: hard images' records in a SettlementStore, which clients read by id.
+    A book says whether an entry is final already, and records a settlement or an unsettled end at most once
+    (-> the record, or None when it was final already: a duplicate)."""
+
+    def __init__(self, store: SettlementStore):
+        self.store = store
+
+    def queued(self, entry: Entry) -> None:
+        if entry.kind == HARD:
+            self.store.pending(entry.id, entry.meta["edge"], entry.queued)
+
+    def is_final(self, entry: Entry) -> bool:
+        return entry.kind == HARD and self.store.is_final(entry.id)
+
+    def settled(self, entry: Entry, cloud: dict) -> Optional[dict]:
+        if entry.kind != HARD:
+            return {"status": "settled", "cloud": cloud}  # an audit measures; no client asks for it
+        return self.store.settle(entry.id, cloud, entry.meta["edge"], entry.queued)
+
+    def unsettled(self, entry: Entry, reason: str, status: Optional[int] = None) -> Optional[dict]:
+        if entry.kind != HARD:
+            return None
+        return self.store.keep_provisional(entry.id, entry.meta["edge"], entry.queued, reason)
+
+    def sweep(self) -> None:
+        self.store.sweep()

@@ -34,7 +34,6 @@ from cassava.shared.spec import ModelSpec
 
 from .exact import FAMILY, cloud_request
 from .outbox import AUDIT, HARD, Entry, Outbox
-from .settlement import SettlementStore
 
 log = logging.getLogger("cassava.uplink")
 
@@ -108,40 +107,11 @@ def answer_of(probabilities: np.ndarray, class_names: Sequence[str]) -> dict:
             "probabilities": [round(float(p), 6) for p in probabilities]}
 
 
-class StoreBook:
-    """Where the server's settlements go: hard images' records in a SettlementStore, which clients read by id.
-    A book says whether an entry is final already, and records a settlement or an unsettled end at most once
-    (-> the record, or None when it was final already: a duplicate)."""
-
-    def __init__(self, store: SettlementStore):
-        self.store = store
-
-    def queued(self, entry: Entry) -> None:
-        if entry.kind == HARD:
-            self.store.pending(entry.id, entry.meta["edge"], entry.queued)
-
-    def is_final(self, entry: Entry) -> bool:
-        return entry.kind == HARD and self.store.is_final(entry.id)
-
-    def settled(self, entry: Entry, cloud: dict) -> Optional[dict]:
-        if entry.kind != HARD:
-            return {"status": "settled", "cloud": cloud}  # an audit measures; no client asks for it
-        return self.store.settle(entry.id, cloud, entry.meta["edge"], entry.queued)
-
-    def unsettled(self, entry: Entry, reason: str, status: Optional[int] = None) -> Optional[dict]:
-        if entry.kind != HARD:
-            return None
-        return self.store.keep_provisional(entry.id, entry.meta["edge"], entry.queued, reason)
-
-    def sweep(self) -> None:
-        self.store.sweep()
-
-
 class Uplink:
     def __init__(self, settings: UplinkSettings, spec: ModelSpec, outbox: Outbox, book, model_name: str = "cassava",
                  check: Optional[Callable[[], None]] = None, on_back: Callable[[], None] = lambda: None,
                  on_down: Callable[[], None] = lambda: None):
-        """`book`: where settlements go (StoreBook for the server, journal.JournalBook for `cassava watch`).
+        """`book`: where settlements go (settlement.StoreBook for the server, journal.JournalBook for watch).
         `check()`: raises CassavaError when the cloud answers in other terms (run once it answers).
         `on_down()` / `on_back()`: the cloud stopped / started answering (once per change; down at start too)."""
         self.settings, self.spec, self.outbox, self.book = settings, spec, outbox, book
