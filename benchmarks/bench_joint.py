@@ -79,7 +79,8 @@ def run_copy(name: str, model: Path, cloud, photos, reference) -> dict:
 
     from cassava.shared.protocol.transport import HttpTransport
 
-    extra = {"escalate_to": cloud.url, "escalate_audit_rate": 0, "escalate_timeout_s": 30}
+    extra = {"escalate_to": cloud.url, "escalate_audit_rate": 0, "escalate_timeout_s": 30,
+             "escalate_outbox": str(model.parent / f"{name}.outbox")}  # its own: outboxes are one per edge
     joint_server = tier_server("edge", str(model), extra=extra).start(timeout=300)
     plain_server = tier_server("edge", str(model)).start(timeout=300)
     joint, plain = HttpTransport(joint_server.url, timeout=60), HttpTransport(plain_server.url, timeout=60)

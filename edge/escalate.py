@@ -1,47 +1,58 @@
 """Joint inference: the edge answers the images it is confident about, the cloud settles the hard ones.
 
-After the edge model has answered a batch, the images whose confidence is below the threshold (shared/escalation.py)
-go to the cloud tier in one request, as the exact pixels the edge judged: lossless WebP `photos` (the `compact`
-wire; or raw UINT8 `pixels`, the `binary` wire), or FP32 `payload` when the request's floats were not 8-bit pixels.
-The cloud's probabilities replace the edge's for those images, and the `answered_by` output says per image who
-answered: `edge`, `cloud`, or `edge-provisional` (hard, but the cloud did not answer in time).
+The edge's policy (shared/policy.py) decides per image: `hard` images go into the outbox (outbox.py, on disk) in
+their exact form (exact.py) and the uplink (uplink.py) sends them to the cloud; `audit` images (a fraction of the
+confident ones, while the cloud answers) go the same way, to measure agreement. A request waits for its hard images'
+settlements at most its wait budget (`parameters.settle_wait_s`, default `--escalate-timeout`, 0 = never wait): what
+the cloud answered by then replaces the edge's probabilities (`answered_by`: `cloud`); the others are answered
+`edge-provisional` at once and settled later. The response's `settlement_ids` parameter names each image's
+settlement (comma-separated, empty for an image the edge answered alone), which
+`GET /v2/models/{name}/settlements/{id}` returns (shared/server/settlements.py).
 
-A dead or slow cloud never fails a request: one short timeout, then a Breaker (the `--auto` failover's) sends no
-more escalations until a readiness probe, run in the background every few seconds, finds the cloud again.
+Waiting only pays while the link keeps up: once a wait ran out, requests answer at once until a send to the cloud
+takes less than the default budget again, so a hung cloud or a slow link costs a request its budget once, not
+every time; while the cloud is down (the breaker open) no request waits.
 """
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import logging
+import math
 import time
+from pathlib import Path
 from typing import Callable, List, Optional
 
 import numpy as np
-from mlserver.codecs import NumpyCodec, StringCodec
-from mlserver.types import InferenceRequest, MetadataTensor, ResponseOutput
+from mlserver.codecs import StringCodec
+from mlserver.types import MetadataTensor, ResponseOutput
 from prometheus_client import REGISTRY, Counter, Histogram
 
-from cassava.shared.client.routing import Breaker
 from cassava.shared.errors import CassavaError
-from cassava.shared.escalation import DEFAULT_AUDIT_RATE, is_hard
-from cassava.shared.preprocess import to_model_input
-from cassava.shared.protocol import ANSWERED_BY, FLOAT_INPUT, PHOTOS_INPUT
-from cassava.shared.protocol.images import BadPayload, ImagePayloadCodec
-from cassava.shared.protocol.transport import HttpTransport, ModelInfo, Rejected, TransportError, Unavailable
-from cassava.shared.protocol.v2 import build_request, decode_response, photos_input
+from cassava.shared.escalation import DEFAULT_AUDIT_RATE
+from cassava.shared.policy import AUDIT, HARD, EscalationPolicy
+from cassava.shared.protocol import ANSWERED_BY
+from cassava.shared.protocol.transport import HttpTransport, ModelInfo, Unavailable
+from cassava.shared.protocol.v2 import BadRequest
 from cassava.shared.spec import ModelSpec
 
+from .exact import exact_forms, exact_pixels, original_photos  # noqa: F401 (exact_pixels, original_photos: API)
+from .outbox import DEFAULT_MAX_AGE_S, DEFAULT_MAX_BYTES, Outbox, new_id
+from .settlement import SettlementStore, StoreBook
 from .trust import Trust
+from .uplink import PROBE_INTERVAL_S, Uplink, UplinkSettings, answer_of
 
 log = logging.getLogger("cassava.escalate")
 
 EDGE, CLOUD, PROVISIONAL = "edge", "cloud", "edge-provisional"
 CLOUD_MODEL = "cassava"  # the cloud tier's model name, direct or through the Seldon ingress
-# Short, so that a hard image waits at most this long for a cloud that has gone quiet; the breaker then stops asking.
-# Loopback escalations of a few 256-px images to the real TF model took well under 1 s here.
+# The default wait budget: a hard image waits at most this long for its settlement before it is answered
+# provisionally. Loopback escalations of a few 256-px images to the real TF model took well under 1 s here.
 DEFAULT_TIMEOUT_S = 2.0
-PROBE_INTERVAL_S = 3.0
+MAX_WAIT_S = 60.0
+WAIT_PARAMETER = "settle_wait_s"
+SETTLEMENT_IDS = "settlement_ids"
+CHECK_TIMEOUT_S = 5.0
 WIRES = ("compact", "binary")
 
 _METRICS = {}
@@ -51,18 +62,9 @@ def _metrics():
     if not _METRICS:  # created at first load, as the runtime's own metrics (MLServer's multi-process mode first)
         _METRICS["answered"] = Counter("cassava_answered_images", "Images answered, by who answered them",
                                        ["model_name", "answered_by"], registry=REGISTRY)
-        _METRICS["seconds"] = Histogram("cassava_escalation_seconds", "Time to get the cloud's answer for the hard "
-                                        "images of one batch", ["model_name", "outcome"], registry=REGISTRY,
+        _METRICS["seconds"] = Histogram("cassava_escalation_seconds", "Time a request waited for the cloud's answer "
+                                        "for its hard images", ["model_name", "outcome"], registry=REGISTRY,
                                         buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5))
-        # bytes per escalated image = bytes / images, by the form sent: the original photo file, lossless WebP of
-        # the pixels, raw pixels (the binary wire) or floats; the images' own bytes, before base64 or framing
-        _METRICS["bytes"] = Counter("cassava_escalation_bytes", "Image bytes sent to the cloud, by form",
-                                    ["model_name", "form"], registry=REGISTRY)
-        _METRICS["sent"] = Counter("cassava_escalation_images", "Images sent to the cloud (escalated or audited), by "
-                                   "form", ["model_name", "form"], registry=REGISTRY)
-        # audited agreement = agreed="true" / all: confident images also sent to the cloud, edge class == cloud class
-        _METRICS["audited"] = Counter("cassava_audited_images", "Confident images re-checked by the cloud, by "
-                                      "whether the edge agreed", ["model_name", "agreed"], registry=REGISTRY)
     return _METRICS
 
 
@@ -70,10 +72,17 @@ def _metrics():
 class EscalationSettings:
     url: str
     below: float
-    timeout_s: float = DEFAULT_TIMEOUT_S
+    timeout_s: float = DEFAULT_TIMEOUT_S  # the default wait budget
     probe_interval_s: float = PROBE_INTERVAL_S
     wire: str = "compact"
     audit_rate: float = DEFAULT_AUDIT_RATE
+    outbox: Optional[str] = None
+    outbox_max_bytes: int = DEFAULT_MAX_BYTES
+    outbox_max_age_s: float = DEFAULT_MAX_AGE_S
+
+    @property
+    def policy(self) -> EscalationPolicy:
+        return EscalationPolicy(escalate_below=self.below, audit_rate=self.audit_rate)
 
     @classmethod
     def from_extra(cls, extra: dict, spec: ModelSpec) -> Optional["EscalationSettings"]:
@@ -90,15 +99,17 @@ class EscalationSettings:
                        timeout_s=float(extra.get("escalate_timeout_s") or DEFAULT_TIMEOUT_S),
                        probe_interval_s=float(extra.get("escalate_probe_interval_s") or PROBE_INTERVAL_S),
                        wire=str(extra.get("escalate_wire") or "compact"),
-                       audit_rate=float(extra.get("escalate_audit_rate", DEFAULT_AUDIT_RATE)))
-        if not 0.0 <= settings.below <= 1.0:
-            raise CassavaError(f"--escalate-below {settings.below:g}: a confidence from 0 to 1")
+                       audit_rate=float(extra.get("escalate_audit_rate", DEFAULT_AUDIT_RATE)),
+                       outbox=extra.get("escalate_outbox"),
+                       outbox_max_bytes=int(extra.get("outbox_max_bytes") or DEFAULT_MAX_BYTES),
+                       outbox_max_age_s=float(extra.get("outbox_max_age_s") or DEFAULT_MAX_AGE_S))
+        settings.policy  # validated once, where the policy is made (one line naming the flag)
         if settings.timeout_s <= 0:
             raise CassavaError(f"--escalate-timeout {settings.timeout_s:g}: must be above 0 seconds")
-        if not 0.0 <= settings.audit_rate <= 1.0:
-            raise CassavaError(f"--audit-rate {settings.audit_rate:g}: a fraction from 0 to 1, e.g. 0.02")
         if settings.wire not in WIRES:
             raise CassavaError(f"escalate_wire {settings.wire!r}: choose from {', '.join(WIRES)}")
+        if settings.outbox_max_bytes <= 0 or settings.outbox_max_age_s <= 0:
+            raise CassavaError("outbox budgets (outbox_max_bytes, outbox_max_age_s) must be above 0")
         return settings
 
 
@@ -125,7 +136,7 @@ def preflight(extra: dict, spec: ModelSpec) -> dict:
 
     extra = {**extra, "escalate_to": check_base_url(extra["escalate_to"])}
     settings = EscalationSettings.from_extra(extra, spec)
-    transport = HttpTransport(settings.url, CLOUD_MODEL, timeout=settings.timeout_s, retries=0)
+    transport = HttpTransport(settings.url, CLOUD_MODEL, timeout=CHECK_TIMEOUT_S, retries=0)
     try:
         check_cloud(transport.metadata(), spec, settings.url)
     except Unavailable as exc:
@@ -136,36 +147,45 @@ def preflight(extra: dict, spec: ModelSpec) -> dict:
     return extra
 
 
-def exact_pixels(x: np.ndarray, input_scale: float) -> Optional[np.ndarray]:
-    """Model input -> the uint8 pixels it was made from, or None when it was not made from 8-bit pixels (a
-    `payload` of arbitrary floats), in which case only the floats themselves are exact."""
-    pixels = np.clip(np.rint(x * np.float32(255.0 / input_scale)), 0, 255).astype(np.uint8)
-    return pixels if np.array_equal(to_model_input(pixels, input_scale), x) else None
+def default_outbox(model_name: str) -> Path:
+    from cassava.shared.cache import cache_dir
+
+    return cache_dir() / "outbox" / model_name
 
 
-def original_photos(request_input) -> Optional[List[bytes]]:
-    """The encoded files of a `photos` request (what the cloud can decode to the edge's very pixels), else None."""
-    if request_input.name != PHOTOS_INPUT or request_input.datatype != "BYTES":
-        return None
+def wait_budget(parameters, default_s: float) -> float:
+    """The request's `settle_wait_s` parameter (seconds; 0 = never wait), else the default; a bad one is a 400."""
+    value = getattr(parameters, WAIT_PARAMETER, None) if parameters is not None else None
+    if value is None:
+        return default_s
     try:
-        return ImagePayloadCodec.decode_input(request_input)
-    except BadPayload:
-        return None
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not 0.0 <= seconds <= MAX_WAIT_S:
+        raise BadRequest(f"parameter {WAIT_PARAMETER} {value!r}: seconds from 0 to {MAX_WAIT_S:g} (0 = never wait)")
+    return seconds
 
 
 class Escalation:
-    """One per edge model: the cloud's transport, its breaker, and `settle()` for each answered batch."""
+    """One per edge model: its outbox, settlements and uplink, and `settle()` for each answered batch."""
 
     def __init__(self, settings: EscalationSettings, spec: ModelSpec, model_name: str):
         self.settings, self.spec, self.model_name = settings, spec, model_name
-        self.transport = HttpTransport(settings.url, CLOUD_MODEL, timeout=settings.timeout_s, retries=0)
-        self._checked = False  # the cloud's classes and size, checked once it answers
-        self._refused: Optional[str] = None
-        self._probing: Optional[asyncio.Future] = None
-        self.breaker: Optional[Breaker] = None
-        self._auditing: Optional[asyncio.Future] = None
-        self._random = np.random.default_rng()
+        self.policy = settings.policy
+        folder = Path(settings.outbox) if settings.outbox else default_outbox(model_name)
+        self.outbox = Outbox(folder, settings.outbox_max_bytes, settings.outbox_max_age_s)
+        self.settlements = SettlementStore(folder / "settlements")
         self.trust = Trust(model_name, settings.below, spec.agreement_bound)  # audited bounds, self-protection
+        self.uplink = Uplink(UplinkSettings(settings.url, settings.probe_interval_s), spec, self.outbox,
+                             StoreBook(self.settlements), model_name, check=self._check,
+                             on_back=lambda: log.warning("escalation: the cloud at %s answers again", settings.url),
+                             on_audit=lambda agreed: self.trust.audited([agreed]))
+        self._missed_at: Optional[int] = None  # the uplink's success count when a wait last ran out
+
+    @property
+    def breaker(self):
+        return self.uplink.breaker
 
     def start(self) -> None:
         """Blocking (run off the event loop). A cloud that answers with other classes stops the load; one that
@@ -175,155 +195,111 @@ class Escalation:
             up = True
         except Unavailable as exc:
             log.warning("escalation: the cloud at %s does not answer (%s); hard images get provisional edge answers "
-                        "until it does (checked every %g s)", self.transport.base_url, exc,
-                        self.settings.probe_interval_s)
+                        "until it does (checked every %g s)", self.settings.url, exc, self.settings.probe_interval_s)
             up = False
-        self.breaker = Breaker(self._probe, self.settings.probe_interval_s, up=up,
-                               on_back=lambda: log.warning("escalation: the cloud at %s answers again",
-                                                           self.transport.base_url))
+        if len(self.outbox):
+            log.info("escalation: %d image(s) in the outbox %s from before; sending them", len(self.outbox),
+                     self.outbox.folder)
         _metrics()
+        self.uplink.start(up=up)
 
     def rebind(self, settings: EscalationSettings, spec: ModelSpec) -> None:
         """A new model version (store swap): its threshold and spec from now on; the cloud checked against it again
         (blocking: run off the event loop). A cloud that no longer fits stops escalation, loudly."""
-        self.settings, self.spec, self._checked = settings, spec, False
+        self.settings, self.spec, self.policy = settings, spec, settings.policy
         self.trust = Trust(self.model_name, settings.below, spec.agreement_bound)  # a new copy earns trust anew
+        self.uplink.spec = spec
+        self.uplink.recheck()
         try:
             self._check()
         except Unavailable:
             pass  # checked when a probe finds the cloud again
         except CassavaError as exc:
-            self._refused = str(exc)
+            self.uplink.refused = str(exc)
             log.error("escalation stopped: %s", exc)
-        else:
-            self._refused = None
 
     def _check(self) -> None:
-        if not self._checked:
-            check_cloud(self.transport.metadata(), self.spec, self.transport.base_url)
-            self._checked = True
-
-    def _probe(self) -> bool:
-        if self._refused or not self.transport.model_ready(timeout=min(1.0, self.settings.timeout_s)):
-            return False
+        transport = HttpTransport(self.settings.url, CLOUD_MODEL, timeout=CHECK_TIMEOUT_S, retries=0)
         try:
-            self._check()
-        except Unavailable:
-            return False
-        except CassavaError as exc:  # the cloud came back with another model: stop asking it, once, loudly
-            self._refused = str(exc)
-            log.error("escalation stopped: %s", exc)
-            return False
-        return True
+            check_cloud(transport.metadata(), self.spec, self.settings.url)
+        finally:
+            transport.close()
+
+    def settlement(self, settlement_id: str) -> Optional[dict]:
+        """The record for GET .../settlements/{id}; a pending one also says whether the link is up now."""
+        record = self.settlements.get(settlement_id)
+        if record is not None and record.get("status") == "pending":
+            record["link"] = "up" if self.uplink.up else "down"
+        return record
+
+    @property
+    def keeping_up(self) -> bool:
+        """Is waiting worth it? Not after a wait ran out, until a send is quicker than the default budget again."""
+        if self._missed_at is None:
+            return True
+        uplink = self.uplink
+        if uplink.successes > self._missed_at and (uplink.last_round_trip_s or 0) < self.settings.timeout_s:
+            self._missed_at = None
+        return self._missed_at is None
 
     async def settle(self, x: np.ndarray, probabilities: np.ndarray,
-                     originals: Optional[Callable[[], Optional[List[bytes]]]] = None):
-        """The edge's answers for a batch -> (the answering tier's probabilities, answered_by per image).
+                     originals: Optional[Callable[[], Optional[List[bytes]]]] = None, wait_s: Optional[float] = None):
+        """The edge's answers for a batch -> (the answering tier's probabilities, answered_by, settlement ids).
         `originals()`: the request's photo files, when it sent photos (the smaller exact form goes to the cloud);
         called only when something goes, so a confident batch pays nothing for it."""
-        hard = is_hard(probabilities, self.trust.threshold(probabilities))  # the stored one unless protecting
+        ids = [new_id() for _ in range(len(x))]
+        policy = self.policy.with_threshold(self.trust.threshold(probabilities))  # stored unless protecting
+        decisions = np.array(policy.decide(probabilities, ids), dtype=object)
+        hard = decisions == HARD
+        audit = (decisions == AUDIT) & self.uplink.up  # audits while the cloud answers: they measure, not settle
         answered_by = np.where(hard, PROVISIONAL, EDGE).astype(object)
-        files = _Lazy(originals)
-        self._audit_some(x, probabilities, ~hard, files)
-        if hard.any():
-            if self._refused or not self.breaker.up:
-                self._probe_later()
-            else:
-                cloud = await self._ask(x[hard], _subset(await files.get(), hard))
-                if cloud is not None:
+        settlement_ids = [""] * len(x)
+        if (hard.any() or audit.any()) and not self.uplink.refused:
+            budget = self.settings.timeout_s if wait_s is None else wait_s
+            if not (self.uplink.up and self.keeping_up):
+                budget = 0.0
+            files = await _Lazy(originals).get() if originals is not None else None
+            try:
+                await asyncio.to_thread(self._queue, x, probabilities, ids, hard, audit, files, budget > 0)
+            except BaseException:
+                self.uplink.release(ids)  # what was queued goes in the background
+                raise
+            hard_ids = [i for i, h in zip(ids, hard) if h]
+            for i in np.flatnonzero(hard):
+                settlement_ids[i] = ids[i]
+            if hard_ids:
+                started = time.monotonic()
+                settled = await self.uplink.wait(hard_ids, budget)
+                if settled:
                     probabilities = probabilities.copy()
-                    probabilities[hard] = cloud
-                    answered_by[hard] = CLOUD
+                for i in np.flatnonzero(hard):
+                    if ids[i] in settled:
+                        probabilities[i] = settled[ids[i]]["cloud"]["probabilities"]
+                        answered_by[i] = CLOUD
+                if len(settled) < len(hard_ids) and budget > 0:
+                    self._missed_at = self.uplink.successes
+                outcome = "answered" if len(settled) == len(hard_ids) else "failed"
+                _metrics()["seconds"].labels(self.model_name, outcome).observe(time.monotonic() - started)
         counter = _metrics()["answered"]
         for name in (EDGE, CLOUD, PROVISIONAL):
             count = int((answered_by == name).sum())
             if count:
                 counter.labels(self.model_name, name).inc(count)
-        return probabilities, list(answered_by)
+        return probabilities, list(answered_by), settlement_ids
 
-    def _probe_later(self) -> None:
-        """While the cloud is down no request waits for it: a probe (when one is due) runs in the background."""
-        if self._probing is None or self._probing.done():
-            self._probing = asyncio.ensure_future(asyncio.to_thread(self.breaker.available))
-
-    def _audit_some(self, x, probabilities, confident, originals) -> None:
-        """Send a fraction `audit_rate` of the confident images to the cloud in the background (the answer does not
-        wait for it), one audit at a time and only while the cloud is up, and count whether the edge agreed."""
-        chosen = confident & (self._random.random(len(x)) < self.settings.audit_rate)
-        if not chosen.any() or not self.breaker.up or (self._auditing is not None and not self._auditing.done()):
-            return
-        edge_classes = probabilities[chosen].argmax(axis=1)
-
-        async def audit():
-            cloud = await self._ask(x[chosen], _subset(await originals.get(), chosen))
-            if cloud is not None:
-                agreed = int(np.sum(cloud.argmax(axis=1) == edge_classes))
-                counter = _metrics()["audited"]
-                counter.labels(self.model_name, "true").inc(agreed)
-                counter.labels(self.model_name, "false").inc(len(edge_classes) - agreed)
-                self.trust.audited(cloud.argmax(axis=1) == edge_classes)
-
-        self._auditing = asyncio.ensure_future(audit())
-
-    async def _ask(self, x: np.ndarray, originals: Optional[List[bytes]] = None) -> Optional[np.ndarray]:
-        started = time.monotonic()
-        try:  # the transport's own timeout covers each read; wait_for bounds the whole call
-            answer = await asyncio.wait_for(asyncio.to_thread(self._infer, x, originals), self.settings.timeout_s)
-        except (asyncio.TimeoutError, Unavailable) as exc:
-            reason = str(exc) or f"no answer within {self.settings.timeout_s:g} s"
-            if self.breaker.failed():
-                log.warning("escalation: the cloud at %s failed (%s); provisional edge answers until a probe finds "
-                            "it again (every %g s)", self.transport.base_url, reason, self.settings.probe_interval_s)
-            answer = None
-        except TransportError as exc:  # Rejected: the cloud refused these images; the edge's answer stands
-            log.warning("escalation: the cloud refused %d image(s): %s", len(x), exc)
-            answer = None
-        except Exception as exc:  # a cloud answering nonsense must not fail the edge's request either
-            if self.breaker.failed():
-                log.warning("escalation: the cloud at %s answered unusably (%s: %s); provisional edge answers until "
-                            "a probe finds it again", self.transport.base_url, type(exc).__name__, exc)
-            answer = None
-        outcome = "answered" if answer is not None else "failed"
-        _metrics()["seconds"].labels(self.model_name, outcome).observe(time.monotonic() - started)
-        return answer
-
-    def _infer(self, x: np.ndarray, originals: Optional[List[bytes]] = None) -> np.ndarray:
-        request, forms = self.request(x, originals)
-        response = self.transport.infer(request)
-        probabilities = decode_response(response)[1]
-        if probabilities.shape != (len(x), self.spec.num_classes):
-            raise Rejected(f"the cloud answered {list(probabilities.shape)} for {len(x)} images", 502)
-        self.breaker.recovered()
-        metrics = _metrics()
-        for form, size in forms:
-            metrics["bytes"].labels(self.model_name, form).inc(size)
-            metrics["sent"].labels(self.model_name, form).inc()
-        return probabilities
-
-    def request(self, x: np.ndarray, originals: Optional[List[bytes]] = None):
-        """The hard images, exactly as the edge judged them, in one request -> (request, [(form, bytes)] per image).
-        Per image the smaller exact form: its original file (the cloud's shared preprocessing decodes it to these
-        very pixels) or the pixels as lossless WebP; raw pixels on the binary wire; floats that were not pixels."""
-        pixels = exact_pixels(x, self.spec.input_scale)
-        if pixels is None:
-            floats = np.ascontiguousarray(x)
-            return (InferenceRequest(inputs=[NumpyCodec.encode_input(FLOAT_INPUT, floats)]),
-                    [("float", floats[0].nbytes)] * len(x))
-        if self.settings.wire == "binary":
-            return build_request("binary", pixels=pixels), [("pixels", pixels[0].nbytes)] * len(x)
-        files, forms = [], []
-        for i, image in enumerate(pixels):
-            lossless = ImagePayloadCodec.compact(image)
-            if originals is not None and len(originals[i]) <= len(lossless):
-                files.append(originals[i])
-                forms.append(("original", len(originals[i])))
-            else:
-                files.append(lossless)
-                forms.append(("lossless", len(lossless)))
-        return InferenceRequest(inputs=[photos_input(files)]), forms
+    def _queue(self, x, probabilities, ids, hard, audit, files, live: bool) -> None:
+        """Blocking (fsync): the hard and audited images' exact forms into the outbox."""
+        chosen = np.flatnonzero(hard | audit)
+        forms = exact_forms(x[chosen], self.spec.input_scale, self.settings.wire,
+                            None if files is None else [files[i] for i in chosen])
+        order = sorted(range(len(chosen)), key=lambda k: not hard[chosen[k]])  # hard first: they go first
+        for i, (form, payload) in ((chosen[k], forms[k]) for k in order):
+            self.uplink.put(payload, form, HARD if hard[i] else AUDIT,
+                            answer_of(probabilities[i], self.spec.class_names), ids[i], live=live and hard[i])
 
     def close(self) -> None:
-        self.transport.close()
+        self.uplink.close()
+        self.outbox.close()
 
 
 class _Lazy:
@@ -336,10 +312,6 @@ class _Lazy:
         if not self.done:
             self.value, self.done = await asyncio.to_thread(self.make), True
         return self.value
-
-
-def _subset(originals: Optional[List[bytes]], mask: np.ndarray) -> Optional[List[bytes]]:
-    return None if originals is None else [o for o, keep in zip(originals, mask) if keep]
 
 
 def answered_by_metadata() -> MetadataTensor:

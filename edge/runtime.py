@@ -6,9 +6,18 @@ import os
 from mlserver.types import InferenceRequest, InferenceResponse, MetadataModelResponse, Parameters
 
 from cassava.shared.protocol import ANSWERED_BY
+from cassava.shared.server import settlements
 from cassava.shared.server.runtime import ImageClassifierRuntime
 
-from .escalate import Escalation, EscalationSettings, answered_by_metadata, answered_by_output, original_photos
+from .escalate import (
+    SETTLEMENT_IDS,
+    Escalation,
+    EscalationSettings,
+    answered_by_metadata,
+    answered_by_output,
+    original_photos,
+    wait_budget,
+)
 from .interpreter import load_tflite_classifier
 
 
@@ -31,6 +40,7 @@ class EdgeRuntime(ImageClassifierRuntime):
         if settings is not None:
             self.escalation = Escalation(settings, self.classifier.spec, self.name)
             await asyncio.to_thread(self.escalation.start)
+            settlements.register(self.name, self.escalation.settlement)  # GET .../settlements/{id}
             self.outputs = self.declared_outputs(self.classifier.spec)
         return ready
 
@@ -49,10 +59,16 @@ class EdgeRuntime(ImageClassifierRuntime):
             return await super().predict(payload)
         with self._serving as serving:  # one version answers the whole request (see the shared runtime)
             request_input = self.validate(payload, serving)
+            wait_s = wait_budget(payload.parameters, self.escalation.settings.timeout_s)
             x = await self.decode(request_input, serving)
-            probabilities, answered_by = await self.escalation.settle(x, await self.batch(x, serving),
-                                                                      lambda: original_photos(request_input))
-            return self.encode(probabilities, payload, serving, more={ANSWERED_BY: answered_by_output(answered_by)})
+            probabilities, answered_by, ids = await self.escalation.settle(
+                x, await self.batch(x, serving), lambda: original_photos(request_input), wait_s)
+            response = self.encode(probabilities, payload, serving,
+                                   more={ANSWERED_BY: answered_by_output(answered_by)})
+            # Per image, comma-separated ("" where the edge answered alone): gRPC parameters are scalars
+            current = response.parameters.model_dump(exclude_none=True) if response.parameters else {}
+            response.parameters = Parameters(**current, **{SETTLEMENT_IDS: ",".join(ids)})
+            return response
 
     async def metadata(self) -> MetadataModelResponse:
         metadata = await super().metadata()
@@ -65,5 +81,6 @@ class EdgeRuntime(ImageClassifierRuntime):
 
     async def unload(self) -> bool:
         if self.escalation is not None:
+            settlements.unregister(self.name)
             self.escalation.close()
         return await super().unload()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import threading
 from typing import Optional, Sequence
 
 import numpy as np
@@ -79,6 +80,8 @@ class Trust:
         self.level = 0  # protection steps taken; 0: the stored threshold
         self.below = self.stored_below
         self._since_step = 0
+        # threshold() runs on the event loop, audited() on the uplink's thread: both read `recent`
+        self._lock = threading.Lock()
         m = metrics()
         m["target"].labels(model_name).set(self.target)
         m["protecting"].labels(model_name).set(0)
@@ -87,11 +90,16 @@ class Trust:
     def threshold(self, probabilities: np.ndarray) -> float:
         """The threshold for this batch (the stored one unless protecting); remembers the batch's confidences."""
         scores = confidence(np.nan_to_num(np.asarray(probabilities, dtype=np.float64)))
-        self.recent.extend(scores.tolist())
-        return self.below
+        with self._lock:
+            self.recent.extend(scores.tolist())
+            return self.below
 
     def audited(self, agreed: Sequence[bool]) -> None:
         """The cloud's verdict on audited photos: update the bounds, then step protection up, or end it."""
+        with self._lock:
+            self._audited(agreed)
+
+    def _audited(self, agreed: Sequence[bool]) -> None:
         self.audits.extend(bool(a) for a in agreed)
         self._since_step += len(agreed)
         lower, upper, n = self.bounds()

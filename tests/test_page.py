@@ -257,3 +257,37 @@ def test_no_page_leaves_the_api_only(standin_int8, tmp_path):
         assert httpx.get(server.url + "/v2/models/cassava/ready", timeout=10).status_code == 200
     finally:
         server.stop()
+
+
+def test_a_hard_photo_is_answered_at_once_then_updated_when_the_cloud_settles_it(browser, standin_int8, standin_model,
+                                                                                 tmp_path):
+    """An edge escalating every photo (--escalate-below 1) to a real cloud through an emulated link: the page shows
+    the edge's answer at once with "checking with the cloud…", says when the link is down, and shows the cloud's
+    answer (and marks the history entry) once it is settled."""
+    from linkemu import LinkEmulator
+
+    photo = sorted((standin_model.parent / "data" / "validation" / "cmd").glob("*.jpg"))[0]
+    cloud = LoopbackServer.serve(tmp_path / "cloud", "cloud", "standin").start(300)
+    link = LinkEmulator(cloud.http_port).start()
+    edge = serve_edge(standin_int8, tmp_path / "edge", "--escalate-to", link.url, "--escalate-below", 1,
+                      "--audit-rate", 0, "--outbox", tmp_path / "outbox")
+    try:
+        open_page(browser, edge.url)
+        link.blackhole(True)
+        link.reset()  # the uplink's connection to the cloud is lost; its next send fails, the probes time out
+        first = pick(browser, photo)
+        assert first and not shown(browser, "problem")
+        assert "checking with the cloud" in text(browser, "settling") or "link to the cloud is down" in \
+            text(browser, "settling")
+        assert "[checking with the cloud]" in text(browser, "history")
+        wait(lambda: "link to the cloud is down" in text(browser, "settling"), 60, "the link said to be down")
+        link.blackhole(False)
+        wait(lambda: browser.execute_script("return Number(document.body.dataset.settled || 0)") == 1, 90,
+             "the settlement shown")
+        assert text(browser, "settling").startswith("Checked by the cloud")
+        assert text(browser, "top1").startswith(NAMES[api_top1(cloud.url, photo)])
+        assert "[checked by the cloud]" in text(browser, "history")
+    finally:
+        edge.stop()
+        link.stop()
+        cloud.stop()

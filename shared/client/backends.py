@@ -26,6 +26,7 @@ class Predictions(NamedTuple):
     class_names: tuple  # C names, in output order
     tiers: List[str]  # which tier answered each image
     answered_by: Optional[List[str]] = None  # an escalating edge's `answered_by` per image (edge, cloud, ...)
+    settlement_ids: Optional[List[str]] = None  # ... and where to fetch the cloud's answer later ("" if none)
 
 
 class InProcessBackend:
@@ -98,7 +99,7 @@ class ServerBackend:
     def classify(self, pixels: np.ndarray, samples: Optional[Sequence] = None) -> Predictions:
         from ..protocol.images import original_file
         from ..protocol.transport import TransportError, Unavailable
-        from ..protocol.v2 import build_request, decode_answered_by, decode_response
+        from ..protocol.v2 import build_request, decode_answered_by, decode_response, decode_settlement_ids
 
         request_id = f"{self._id_prefix}-{next(self._ids)}"
         photos = None
@@ -120,8 +121,11 @@ class ServerBackend:
         answered_by = decode_answered_by(response)
         if answered_by is not None and len(answered_by) != len(pixels):
             raise TransportError(f"the {tier} answered {len(answered_by)} answered_by for {len(pixels)} images")
+        settlement_ids = decode_settlement_ids(response)
+        if settlement_ids is not None and len(settlement_ids) != len(pixels):
+            settlement_ids = None  # not one per image: not something this client can follow
         return Predictions(class_ids, probabilities, self._learn_names(class_ids, labels), [tier] * len(pixels),
-                           answered_by)
+                           answered_by, settlement_ids)
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         return self.classify(np.asarray(pixels, dtype=np.uint8)).probabilities

@@ -46,13 +46,15 @@ def classify_chunk(backend, chunk: List[Sample], size: int):
             latency_ms = (time.perf_counter() - started) * 1000.0 / len(good)
             names = answer.class_names
             answered_by = answer.answered_by or [None] * len(good)
-            for sample, image, best, probs, tier, by in zip(good, batch, answer.class_ids, answer.probabilities,
-                                                            answer.tiers, answered_by):
+            settlement_ids = answer.settlement_ids or [""] * len(good)
+            for sample, image, best, probs, tier, by, settlement_id in zip(
+                    good, batch, answer.class_ids, answer.probabilities, answer.tiers, answered_by, settlement_ids):
                 results[id(sample)] = (image, {
                     "file": sample.name, "label": sample.label, "prediction": names[best],
                     "probability": round(float(probs[best]), 6), "tier": tier, "answered_by": by,
                     "latency_ms": round(latency_ms, 3),
                     "probabilities": {c: round(float(p), 6) for c, p in zip(names, probs)},
+                    **({"settlement_id": settlement_id} if settlement_id else {}),
                 })
     return [results.get(id(s)) or (None, _failed_record(s, errors.get(id(s), "not classified"), id(s) in unanswered))
             for s in chunk]

@@ -11,6 +11,8 @@ from ..labels import display_name, top_k
 
 # answered_by: an escalating edge's word per image (edge, cloud, edge-provisional); empty from other servers
 RECORD_KEYS = ("file", "label", "prediction", "probability", "tier", "answered_by", "latency_ms")
+# After `--settle-wait`: the edge's own answer beside the final one, and the settlement it came from
+SETTLEMENT_KEYS = ("edge_prediction", "edge_probability", "edge_answered_by", "settlement_id")
 
 
 def tier_summary(records, default: str) -> str:
@@ -40,8 +42,13 @@ def escalation_summary(done) -> str:
     if not any(counts[k] for k in counts if k):
         return ""
     text = f"; {counts['cloud']} settled by the cloud"
+    later = sum(r.get("edge_answered_by") == "edge-provisional" and r.get("answered_by") == "cloud" for r in done)
+    if later:
+        text += f" ({later} of them after the run)"
     if counts["edge-provisional"]:
         text += f", {counts['edge-provisional']} answered provisionally by the edge (cloud unreachable)"
+        if any("edge_prediction" in r for r in done):
+            text = text.replace("(cloud unreachable)", "and still provisional")
     return text
 
 
@@ -56,14 +63,15 @@ def top_k_text(record: dict, k: int = 3) -> str:
 
 def write_outputs(records, thumbnails, title: str, tier: str, plot: Optional[Path], json_path: Optional[Path],
                   csv_path: Optional[Path]):
-    public = [{k: r.get(k) for k in RECORD_KEYS} | ({"error": r["error"]} if r.get("error") else {}) for r in records]
+    keys = RECORD_KEYS + (SETTLEMENT_KEYS if any("edge_prediction" in r for r in records) else ())
+    public = [{k: r.get(k) for k in keys} | ({"error": r["error"]} if r.get("error") else {}) for r in records]
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(public, indent=2) + "\n")
     if csv_path:
         csv_path.parent.mkdir(parents=True, exist_ok=True)
         with open(csv_path, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(RECORD_KEYS) + ["error"])
+            writer = csv.DictWriter(handle, fieldnames=list(keys) + ["error"])
             writer.writeheader()
             writer.writerows(public)
     if plot:

@@ -72,6 +72,10 @@ def add_arguments(parser):
     wire.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each answer")
     wire.add_argument("--retries", type=int, default=3,
                       help="retries after a connection error or 5xx (never after a 4xx), with exponential backoff")
+    wire.add_argument("--settle-wait", type=float, default=0.0, metavar="S",
+                      help="--edge escalating to a cloud: after the run, wait up to S seconds for the images it "
+                           "answered provisionally to be settled by the cloud (records then hold the final answer, "
+                           "the edge's beside it as edge_prediction)")
     wire.add_argument("--probe-interval", type=float, default=3.0,
                       help="--auto: seconds between checks of a down edge")
     out = parser.add_argument_group("output")
@@ -110,6 +114,7 @@ class PredictOptions:
     json: Optional[Path] = None
     csv: Optional[Path] = None
     quiet: bool = False
+    settle_wait: float = 0.0
 
     @classmethod
     def from_args(cls, args) -> "PredictOptions":
@@ -141,20 +146,34 @@ def predict(options: PredictOptions) -> int:
     if options.batch_size < 1 or options.concurrency < 1:
         raise CassavaError("--batch-size and --concurrency must be at least 1")
     mode = chosen_mode(options)  # conflicting flags fail before any data is read
+    if options.settle_wait < 0 or (options.settle_wait and mode != "edge"):
+        raise CassavaError("--settle-wait S: seconds (0 or more), with --edge URL (an edge started with --escalate-to)")
     samples = load_samples(options.data, default_limit(options.n, options.data) or None)
     backend = make_backend(options, mode)
     try:
+        settle = None
+        if options.settle_wait:
+            from ..protocol.transport import check_base_url
+
+            settle = (check_base_url(options.edge), options.model_name, options.settle_wait)
         return classify_and_report(backend, samples, describe(options.data), options.batch_size,
-                                   options.concurrency, not options.quiet, options.plot, options.json, options.csv)
+                                   options.concurrency, not options.quiet, options.plot, options.json, options.csv,
+                                   settle)
     finally:
         backend.close()
 
 
 def classify_and_report(backend, samples: List[Sample], data_description: str, batch_size: int = 16,
                         concurrency: int = 2, progress: bool = True, plot: Optional[Path] = None,
-                        json_path: Optional[Path] = None, csv_path: Optional[Path] = None) -> int:
-    """Classify, write the plot/JSON/CSV, print the summary. Returns the exit code (1: a request failed)."""
+                        json_path: Optional[Path] = None, csv_path: Optional[Path] = None,
+                        settle: Optional[tuple] = None) -> int:
+    """Classify, write the plot/JSON/CSV, print the summary. Returns the exit code (1: a request failed).
+    `settle`: (edge base URL, model name, seconds) to follow provisional answers to their settlement (settle.py)."""
     records, thumbnails = classify_samples(backend, samples, batch_size, progress=progress, concurrency=concurrency)
+    if settle:
+        from .settle import follow_settlements
+
+        follow_settlements(records, *settle)
     title = backend.title
     if "standin" in data_description and STANDIN_NOTE not in title:
         title = f"{title} ({STANDIN_NOTE})"

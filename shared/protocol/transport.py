@@ -147,17 +147,19 @@ class HttpTransport:
         except ValueError:
             raise CassavaError(f"{url}: not a V2 model metadata answer ({_body_text(response)[:120]})") from None
 
-    def infer(self, request: InferenceRequest) -> InferenceResponse:
+    def infer(self, request: InferenceRequest, timeout: Optional[float] = None) -> InferenceResponse:
+        """`timeout`: this call's, instead of the transport's (the edge's uplink sizes it to the request)."""
         from . import binary
 
         url = f"{self.base_url}/v2/models/{self.model_name}/infer"
+        more = {"timeout": timeout} if timeout else {}
         if binary.has_binary_inputs(request):  # the binary data extension: a JSON header, then raw tensors
             body, header_length = binary.encode_request(request)
             headers = {"content-type": "application/octet-stream", binary.HEADER_LENGTH: str(header_length)}
         else:
             body = request.model_dump_json(exclude_none=True).encode()
             headers = {"content-type": "application/json"}
-        response = self._retrying.call(lambda: self._send("POST", url, content=body, headers=headers))
+        response = self._retrying.call(lambda: self._send("POST", url, content=body, headers=headers, **more))
         try:
             return binary.decode_response(response.content, response.headers.get(binary.HEADER_LENGTH))
         except ValueError:

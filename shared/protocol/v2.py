@@ -87,6 +87,14 @@ def decode_answered_by(response: InferenceResponse) -> Optional[List[str]]:
     return None
 
 
+def decode_settlement_ids(response: InferenceResponse) -> Optional[List[str]]:
+    """An escalating edge's settlement id per image ("" where the edge answered alone), or None when it sent none.
+    A response parameter, comma-separated (gRPC parameters are scalars): GET /v2/models/{name}/settlements/{id}."""
+    parameters = response.parameters.model_dump() if response.parameters is not None else {}
+    ids = parameters.get("settlement_ids")
+    return ids.split(",") if isinstance(ids, str) else None
+
+
 # ---------------------------------------------------------------- server side: request -> model input
 
 

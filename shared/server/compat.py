@@ -50,7 +50,7 @@ import logging
 import weakref
 
 from ..errors import CassavaError
-from . import connections, guard, page, rest
+from . import connections, guard, page, rest, settlements
 from .health import DataPlaneHealth
 
 MLSERVER_VERSION = "1.7.1"
@@ -68,7 +68,8 @@ _MARK = "_cassava_compat"
 def rest_layers(settings: guard.GuardSettings) -> list:
     """(middleware class, options) added around MLServer's REST app, innermost first. A module that needs to answer
     a path before MLServer routes it adds its middleware here."""
-    layers = [(page.PageLayer, {})] if page.enabled() else []
+    layers = [(settlements.SettlementLayer, {})]  # GET .../settlements/{id} (settlements.py)
+    layers += [(page.PageLayer, {})] if page.enabled() else []
     return layers + [(rest.RestLayer, {"max_bytes": rest.max_request_bytes()}),
                      (guard.GuardLayer, {"settings": settings})]
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..arguments import add_escalation_arguments, add_model_spec_arguments
 from ..budget import DEFAULT_MAX_DECODING_PIXELS, DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_REQUEST_PIXELS, PixelLimits
-from ..cache import STANDIN_VERSION
+from ..cache import STANDIN_VERSION, cache_dir
 from ..errors import CassavaError
 from ..native import native_stderr_silenced
 from ..spec import CROPNET_HANDLE, is_model_path, model_kind
@@ -47,7 +47,11 @@ def add_arguments(parser):
     add_escalation_arguments(parser, "images", "edge: send the images the edge model is unsure of to the cloud tier "
                              "at URL (http://HOST:PORT or the Seldon ingress path) and answer with its result")
     parser.add_argument("--escalate-timeout", type=float, metavar="S",
-                        help="edge: seconds to wait for the cloud before answering provisionally (default 2)")
+                        help="edge: seconds a request waits for its hard images' settlement before answering "
+                             "provisionally (default 2; a request's settle_wait_s parameter overrides it)")
+    parser.add_argument("--outbox", type=Path, metavar="DIR",
+                        help="edge --escalate-to: where hard images wait for the cloud, on disk (default: "
+                             "<cache>/outbox-<http port>; one edge per folder)")
     parser.add_argument("--allow-spec-change", action="store_true",
                         help="model store: let a new version change input size, pixel range or classes")
     parser.add_argument("--watch-interval", type=float, default=WATCH_INTERVAL_S,
@@ -89,6 +93,8 @@ def run(args) -> int:
         raise CassavaError(f"--watch-interval must be above 0 and at most {MAX_INTERVAL_S:g} s")
     debug = bool(getattr(args, "debug", False))
     escalation = escalation_flags(args, tier)
+    if escalation and "escalate_outbox" not in escalation:  # per port: two edges on one machine never share one
+        escalation["escalate_outbox"] = str(cache_dir() / f"outbox-{ports[0]}")
     decoding = decoding_settings(args)
     spec = check_model(tier, model, args.input_scale, args.classes, debug)
     extra = escalation and _preflight_escalation(escalation, spec)
@@ -222,12 +228,13 @@ def _cloud_spec(model, input_scale, classes, quiet: bool) -> dict:
 def escalation_flags(args, tier: str) -> dict:
     """--escalate-* as model-settings `parameters.extra` entries (edge/escalate.py says what they mean)."""
     given = {"escalate_to": args.escalate_to, "escalate_below": args.escalate_below,
-             "escalate_timeout_s": args.escalate_timeout, "escalate_audit_rate": args.audit_rate}
+             "escalate_timeout_s": args.escalate_timeout, "escalate_audit_rate": args.audit_rate,
+             "escalate_outbox": str(args.outbox.resolve()) if getattr(args, "outbox", None) else None}
     given = {key: value for key, value in given.items() if value is not None}
     if given and tier != "edge":
         raise CassavaError("--escalate-to is for the edge tier (it sends the images it is unsure of to the cloud)")
     if given and not args.escalate_to:
-        raise CassavaError("--escalate-below, --escalate-timeout and --audit-rate go with --escalate-to URL")
+        raise CassavaError("--escalate-below, --escalate-timeout, --audit-rate and --outbox go with --escalate-to URL")
     return given
 
 
