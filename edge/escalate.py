@@ -213,14 +213,17 @@ class Escalation:
         return True
 
     async def settle(self, x: np.ndarray, probabilities: np.ndarray,
-                     originals: Optional[Callable[[], Optional[List[bytes]]]] = None):
+                     originals: Optional[Callable[[], Optional[List[bytes]]]] = None,
+                     unknown: Optional[np.ndarray] = None):
         """The edge's answers for a batch -> (the answering tier's probabilities, answered_by per image).
         `originals()`: the request's photo files, when it sent photos (the smaller exact form goes to the cloud);
-        called only when something goes, so a confident batch pays nothing for it."""
-        hard = is_hard(probabilities, self.settings.below)
+        called only when something goes, so a confident batch pays nothing for it. `unknown`: photos the policy
+        answers `unknown` (shared/policy.py): the edge answers them, never escalated nor audited."""
+        unknown = np.zeros(len(probabilities), dtype=bool) if unknown is None else np.asarray(unknown, dtype=bool)
+        hard = is_hard(probabilities, self.settings.below) & ~unknown
         answered_by = np.where(hard, PROVISIONAL, EDGE).astype(object)
         files = _Lazy(originals)
-        self._audit_some(x, probabilities, ~hard, files)
+        self._audit_some(x, probabilities, ~hard & ~unknown, files)
         if hard.any():
             if self._refused or not self.breaker.up:
                 self._probe_later()

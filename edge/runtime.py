@@ -50,9 +50,13 @@ class EdgeRuntime(ImageClassifierRuntime):
         with self._serving as serving:  # one version answers the whole request (see the shared runtime)
             request_input = self.validate(payload, serving)
             x = await self.decode(request_input, serving)
-            probabilities, answered_by = await self.escalation.settle(x, await self.batch(x, serving),
-                                                                      lambda: original_photos(request_input))
-            return self.encode(probabilities, payload, serving, more={ANSWERED_BY: answered_by_output(answered_by)})
+            probabilities, distances = await self.classify(x, serving)
+            # an `unknown` photo is answered at once: never escalated nor audited (no bytes spent on it)
+            probabilities, answered_by = await self.escalation.settle(
+                x, probabilities, lambda: original_photos(request_input),
+                unknown=self.unknown(probabilities, distances, serving))
+            return self.encode(probabilities, payload, serving, more={ANSWERED_BY: answered_by_output(answered_by)},
+                               distances=distances)
 
     async def metadata(self) -> MetadataModelResponse:
         metadata = await super().metadata()

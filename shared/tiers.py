@@ -81,6 +81,8 @@ TOOLS = {
     "convert": ("edge", "cassava.edge.convert.command:convert_argv"),  # `cassava convert ARGV` as a function
     "resolve_model_path": ("cloud", "cassava.cloud.model:resolve_model_path"),  # MODEL -> its SavedModel folder
     "escalation_preflight": ("edge", "cassava.edge.escalate:preflight"),  # `serve edge --escalate-to` checks
+    "leaf_gate": ("edge", "cassava.edge.gate.gate:load_gate"),  # a folder's leaf gate, on either tier (LiteRT or TF)
+    "has_gate": ("edge", "cassava.edge.gate.gate:has_gate"),
 }
 
 

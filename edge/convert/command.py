@@ -58,6 +58,13 @@ def add_arguments(parser):
                         help="allow TensorFlow ops TFLite lacks (the edge then needs the Flex delegate, which "
                              "ai-edge-litert and tflite-runtime do not include)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--no-gate", dest="gate", action="store_false",
+                        help="no leaf gate (by default one is built: photos unlike the cassava photos -> unknown)")
+    parser.add_argument("--gate-alpha", type=float, default=0.02, metavar="A",
+                        help="the fraction of real cassava leaves the gate may turn away (default 0.02)")
+    parser.add_argument("--gate-negatives", metavar="DIR",
+                        help="photos that are not cassava leaves, one sub-folder per kind, to report the gate's "
+                             "rejection on (default ../shared/data/not-cassava when present)")
 
 
 def run(args) -> int:
