@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import CassavaError
 from ..labels import CROPNET_CLASSES, TFDS_CLASSES
+from ..policy import UNKNOWN
 from ..protocol import DEFAULT_WIRE, WIRE_FORMATS
 from ..spec import ModelSpec
 
@@ -131,8 +132,8 @@ class ServerBackend:
         with self._lock:
             names = list(self.spec.class_names)
             for class_id, label in zip(class_ids, labels):
-                if names[class_id] == label:
-                    continue
+                if class_id >= len(names) or names[class_id] == label:
+                    continue  # past the model's classes: the server's `unknown` (shared/policy.unknown_class_id)
                 if self._strict:
                     raise CassavaError(f"{self.route.describe()}: class {int(class_id)} is {label!r} on the server but "
                                        f"{names[class_id]!r} here; pass --classes in the server's order")
@@ -154,6 +155,8 @@ def initial_class_names(count: int, classes, published, strict: bool = False, wh
         return tuple(classes)
     if published:
         names = tuple(str(published).split(",")) if not isinstance(published, (list, tuple)) else tuple(published)
+        if len(names) == count + 1 and names[-1] == UNKNOWN:
+            names = names[:-1]  # a gated model lists `unknown` after its classes (the class id a rejection gets)
         if len(names) == count:
             return names
     for known in (CROPNET_CLASSES, TFDS_CLASSES):
