@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from cassava.edge.gate.convert import gate_files, gate_text
 from cassava.shared.arguments import add_model_spec_arguments
 from cassava.shared.manifest import MANIFEST_FILE, SELFCHECK_FILE
 from cassava.shared.spec import REPORT_FILE, SPEC_FILE, TFLITE_FILE
@@ -85,8 +86,11 @@ def run(args) -> int:
     if selective and not selective["met"]:
         print(f"warning: no copy tried reaches --target-agreement {options.target_agreement:.1%}; wrote the best one "
               f"({selective['chosen']}, {agreement_text(verification)})", file=sys.stderr)
-    written = [args.out / name for name in (TFLITE_FILE, SPEC_FILE, REPORT_FILE, MANIFEST_FILE, SELFCHECK_FILE)
-               if (args.out / name).is_file()]
+    gate = report.get("leaf_gate")
+    if gate:
+        print(gate_text(gate))
+    written = [args.out / name for name in (TFLITE_FILE, SPEC_FILE, REPORT_FILE, MANIFEST_FILE, SELFCHECK_FILE,
+                                            *(p.name for p in gate_files(args.out))) if (args.out / name).is_file()]
     print(f"wrote {', '.join(map(str, written[:-1]))} and {written[-1]}")
     return 0
 

@@ -17,6 +17,19 @@ NEGATIVES = Path("..") / "shared" / "data" / "not-cassava"  # measured when pres
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
 
+def gate_text(section: dict) -> str:
+    """The conversion report's gate section in a few lines (what `cassava convert` prints)."""
+    bound = section["bound"]
+    lines = [f"  leaf gate        threshold {section['threshold']:.4f} (k={section['k']}, {section['references']} "
+             f"reference photos); set on {bound['held_out']} held-out cassava photos: real leaves turned away "
+             f"<= {bound['expected_rate_at_most']:.1%} expected, <= {bound['rate_at_most_with_confidence']:.1%} "
+             f"with {bound['confidence']:.0%} confidence"]
+    negatives = section.get("not_cassava")
+    for kind, row in (negatives or {}).get("by_kind", {}).items():
+        lines.append(f"  not cassava      {kind}: {row['unknown']}/{row['images']} = {row['rate']:.0%} unknown")
+    return "\n".join(lines)
+
+
 def gate_files(out: Path) -> list:
     return [Path(out) / name for name in (GATE_TFLITE, GATE_REFERENCES, GATE_FILE)]
 
