@@ -122,9 +122,13 @@ model = load_tflite_classifier(folder, num_threads=1, pool_size=1)
 x = np.zeros((1, model.spec.input_size, model.spec.input_size, 3), np.float32)
 model.predict(x)
 before = rss()
+import time
+started = time.perf_counter()
 gate = LeafGate(folder)
+loaded = time.perf_counter() - started
 gate.distances(x, model.spec.input_scale)
-print(json.dumps({"model_loaded": before, "with_gate": rss(), "tensorflow_imported": "tensorflow" in sys.modules}))
+print(json.dumps({"model_loaded": before, "with_gate": rss(), "gate_load_s": loaded,
+                  "tensorflow_imported": "tensorflow" in sys.modules}))
 """
 
 
@@ -163,7 +167,7 @@ def main() -> int:
     rss = memory(folder)
     print(f"\nedge process RSS: {size_text(rss['model_loaded'])} with the cassava model, "
           f"{size_text(rss['with_gate'])} with the gate too (+{size_text(rss['with_gate'] - rss['model_loaded'])}); "
-          f"TensorFlow imported: {rss['tensorflow_imported']}")
+          f"TensorFlow imported: {rss['tensorflow_imported']}; loading the gate took {rss['gate_load_s']:.2f} s")
     sizes = {name: (folder / name).stat().st_size for name in (GATE_TFLITE, GATE_REFERENCES, GATE_FILE)}
     print("size added to the model folder: " + ", ".join(f"{n} {size_text(b)}" for n, b in sizes.items())
           + f" = {size_text(sum(sizes.values()))}")
