@@ -57,6 +57,14 @@ def answer(server, files, outputs=None) -> dict:
     return {o["name"]: o["data"] for o in response.json()["outputs"]}
 
 
+def unknown_count(server, tier: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(sample.value for family in text_string_to_metric_families(server.metrics())
+               for sample in family.samples if sample.name == "cassava_unknown_total"
+               and sample.labels == {"model_name": "cassava", "tier": tier})
+
+
 def test_the_conversion_report_states_the_bound_and_rejection_by_kind(gated):
     gate = json.loads((gated / "conversion-report.json").read_text())["leaf_gate"]
     assert gate["bound"]["held_out"] == 100 and gate["references"] == 300
@@ -78,9 +86,12 @@ def test_both_tiers_say_unknown_for_a_scene_and_not_for_a_leaf(request, tier, ph
     assert list(scores) == ["leaf_score", "labels"]
     assert scores["leaf_score"][0] > 0.5 > scores["leaf_score"][1]
     metadata = httpx.get(f"{server.url}/v2/models/cassava", timeout=10).json()
-    assert metadata["parameters"]["class_names"].split(",") == [*REAL_CLASSES, "unknown"]
+    assert metadata["parameters"]["class_names"].split(",") == list(REAL_CLASSES)  # the probabilities' columns
+    assert metadata["parameters"]["unknown_class_id"] == "5" and metadata["parameters"]["unknown_label"] == "unknown"
     assert "leaf_score" in [o["name"] for o in metadata["outputs"]]
-    assert 'cassava_unknown_total{model_name="cassava",tier="%s"} 1.0' % tier in server.metrics()
+    before = unknown_count(server, tier)
+    answer(server, list(photos))
+    assert unknown_count(server, tier) == before + 1  # the scene, counted per model and tier
 
 
 def test_a_rejected_photo_is_not_escalated(tmp_path, gated, cloud, photos):
@@ -97,4 +108,11 @@ def test_no_gate_serves_without_it(tmp_path, gated, photos):
         outputs = answer(edge, list(photos))
         metadata = httpx.get(f"{edge.url}/v2/models/cassava", timeout=10).json()
     assert "unknown" not in outputs["labels"] and list(outputs) == ["class_ids", "probabilities", "labels"]
-    assert metadata["parameters"]["class_names"].split(",") == list(REAL_CLASSES)
+    assert "unknown_class_id" not in metadata["parameters"]
+
+
+def test_a_bad_gate_alpha_is_one_line(tmp_path):
+    from helpers import run_cli
+
+    result = run_cli("convert", "--model", "standin", "--gate-alpha", "2", "--out", tmp_path / "out", timeout=300)
+    assert result.returncode == 2 and "--gate-alpha is a fraction" in result.stderr.strip().splitlines()[-1]

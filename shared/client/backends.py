@@ -16,7 +16,6 @@ import numpy as np
 
 from ..errors import CassavaError
 from ..labels import CROPNET_CLASSES, TFDS_CLASSES
-from ..policy import UNKNOWN
 from ..protocol import DEFAULT_WIRE, WIRE_FORMATS
 from ..spec import ModelSpec
 
@@ -155,8 +154,6 @@ def initial_class_names(count: int, classes, published, strict: bool = False, wh
         return tuple(classes)
     if published:
         names = tuple(str(published).split(",")) if not isinstance(published, (list, tuple)) else tuple(published)
-        if len(names) == count + 1 and names[-1] == UNKNOWN:
-            names = names[:-1]  # a gated model lists `unknown` after its classes (the class id a rejection gets)
         if len(names) == count:
             return names
     for known in (CROPNET_CLASSES, TFDS_CLASSES):

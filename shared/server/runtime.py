@@ -28,7 +28,7 @@ from prometheus_client import REGISTRY, Counter, Histogram
 from ..classifier import Classifier
 from ..errors import CassavaError
 from ..labels import parse_class_list
-from ..policy import UNKNOWN, EscalationPolicy
+from ..policy import UNKNOWN, EscalationPolicy, unknown_class_id
 from ..protocol import LEAF_SCORE
 from ..protocol.v2 import (
     DEFAULT_MAX_REQUEST_IMAGES,
@@ -266,11 +266,12 @@ class ImageClassifierRuntime(MLModel):
         metadata = await super().metadata()
         spec = self.classifier.spec
         current = metadata.parameters.model_dump(exclude_none=True) if metadata.parameters else {}
-        names = list(spec.class_names)
-        if self.gate is not None and UNKNOWN not in names:
-            names.append(UNKNOWN)  # the class id a rejected photo gets (policy.unknown_class_id)
-        gate = {"leaf_gate_threshold": f"{self.gate.threshold:g}", "leaf_gate_k": str(self.gate.k)} if self.gate else {}
-        metadata.parameters = Parameters(**current, description=spec.title, class_names=",".join(names), **gate,
+        # a gated model answers `unknown` with a class id past its classes; class_names stays the model's own (what
+        # the probabilities' columns are, and what an escalating edge compares with its cloud's)
+        gate = {"unknown_class_id": str(unknown_class_id(spec.class_names)), "unknown_label": UNKNOWN,
+                "leaf_gate_threshold": f"{self.gate.threshold:g}", "leaf_gate_k": str(self.gate.k)} if self.gate else {}
+        metadata.parameters = Parameters(**current, description=spec.title, class_names=",".join(spec.class_names),
+                                         **gate,
                                          input_scale=f"{spec.input_scale:g}", standin=str(spec.standin).lower(),
                                          tier=self.tier, max_image_pixels=str(self.decoder.limits.image),
                                          **self._store_parameters())
