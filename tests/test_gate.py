@@ -116,3 +116,36 @@ def test_a_bad_gate_alpha_is_one_line(tmp_path):
 
     result = run_cli("convert", "--model", "standin", "--gate-alpha", "2", "--out", tmp_path / "out", timeout=300)
     assert result.returncode == 2 and "--gate-alpha is a fraction" in result.stderr.strip().splitlines()[-1]
+
+
+def test_predict_counts_unknown(tmp_path, edge, photos):
+    from helpers import run_cli
+
+    folder = tmp_path / "photos" / "healthy"
+    folder.mkdir(parents=True)
+    (folder / "leaf.jpg").write_bytes(photos[0])
+    (folder / "scene.png").write_bytes(photos[1])
+    result = run_cli("predict", "--edge", edge.url, "--data", tmp_path / "photos", "--plot", tmp_path / "grid.png",
+                     timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = [line for line in (result.stdout + result.stderr).splitlines() if "images classified" in line]
+    assert summary and "2 images classified" in summary[0] and "/2 right" in summary[0]
+    assert ", 1 unknown (not like a cassava leaf)" in summary[0]
+    assert (tmp_path / "grid.png").stat().st_size > 0  # the plot draws an `unknown` answer too
+
+
+def test_the_page_says_it_is_not_a_cassava_leaf_and_how_to_retake(edge, tmp_path):
+    from test_page import open_page, pick, text
+
+    from browser import missing, phone_browser
+
+    why = missing()
+    if why:
+        pytest.fail(f"the phone page needs a browser: {why}")  # as test_page on CI: never passes without it
+    with phone_browser(downloads=tmp_path) as driver:
+        open_page(driver, edge.url)
+        assert pick(driver, SCENE) == "This does not look like a cassava leaf"
+        assert "Retake the photo: one cassava leaf" in text(driver, "details")
+        assert driver.find_elements("css selector", "#top3 li") == []  # no disease ranking under it
+        leaf = sorted((MORE / "healthy").iterdir())[0]
+        assert pick(driver, leaf) != "This does not look like a cassava leaf"
