@@ -214,16 +214,16 @@ class Escalation:
 
     async def settle(self, x: np.ndarray, probabilities: np.ndarray,
                      originals: Optional[Callable[[], Optional[List[bytes]]]] = None,
-                     unknown: Optional[np.ndarray] = None):
+                     rejected: Optional[np.ndarray] = None):
         """The edge's answers for a batch -> (the answering tier's probabilities, answered_by per image).
         `originals()`: the request's photo files, when it sent photos (the smaller exact form goes to the cloud);
-        called only when something goes, so a confident batch pays nothing for it. `unknown`: photos the policy
-        answers `unknown` (shared/policy.py): the edge answers them, never escalated nor audited."""
-        unknown = np.zeros(len(probabilities), dtype=bool) if unknown is None else np.asarray(unknown, dtype=bool)
-        hard = is_hard(probabilities, self.settings.below) & ~unknown
+        called only when something goes, so a confident batch pays nothing for it. `rejected`: photos the leaf gate
+        turned away (shared/policy.py `rejected`): the edge answers them `unknown`, never escalated nor audited."""
+        rejected = np.zeros(len(probabilities), dtype=bool) if rejected is None else np.asarray(rejected, dtype=bool)
+        hard = is_hard(probabilities, self.settings.below) & ~rejected
         answered_by = np.where(hard, PROVISIONAL, EDGE).astype(object)
         files = _Lazy(originals)
-        self._audit_some(x, probabilities, ~hard & ~unknown, files)
+        self._audit_some(x, probabilities, ~hard & ~rejected, files)
         if hard.any():
             if self._refused or not self.breaker.up:
                 self._probe_later()

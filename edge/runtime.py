@@ -51,10 +51,10 @@ class EdgeRuntime(ImageClassifierRuntime):
             request_input = self.validate(payload, serving)
             x = await self.decode(request_input, serving)
             probabilities, distances = await self.classify(x, serving)
-            # an `unknown` photo is answered at once: never escalated nor audited (no bytes spent on it)
+            # a photo the gate turned away is answered at once: never escalated nor audited (no bytes spent on it)
             probabilities, answered_by = await self.escalation.settle(
                 x, probabilities, lambda: original_photos(request_input),
-                unknown=self.unknown(probabilities, distances, serving))
+                rejected=self.policy.rejected(len(x), distances))
             return self.encode(probabilities, payload, serving, more={ANSWERED_BY: answered_by_output(answered_by)},
                                distances=distances)
 

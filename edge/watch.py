@@ -149,15 +149,13 @@ def open_camera(source: str):
 
 
 def escalation_of(probabilities: np.ndarray, image_id: str, below: float, audit_rate: float,
-                  gate_distance: Optional[float] = None, gate_threshold: Optional[float] = None,
-                  class_names=()) -> dict:
+                  gate_distance: Optional[float] = None, gate_threshold: Optional[float] = None) -> dict:
     """What the record says about escalation: the confidence, `escalate` (hard, audit or None) and who answered
-    (an `unknown` photo is never escalated)."""
+    (a photo the leaf gate turned away is never escalated)."""
     from cassava.shared.escalation import confidence
 
     policy = EscalationPolicy(escalate_below=below, audit_rate=audit_rate, gate_threshold=gate_threshold)
-    decision, = policy.decide(probabilities[None], [image_id],
-                              None if gate_distance is None else [gate_distance], class_names)
+    decision, = policy.decide(probabilities[None], [image_id], None if gate_distance is None else [gate_distance])
     escalate = decision if decision in (HARD, AUDIT) else None
     return {"confidence": round(float(confidence(probabilities[None])[0]), 6), "escalate": escalate,
             "answered_by": "edge-provisional" if escalate == HARD else "edge"}
@@ -294,8 +292,7 @@ def run(args) -> int:
                       "latency_ms": round((time.perf_counter() - t0) * 1000.0, 2), "model": spec.title,
                       "unknown": unknown}
             if below is not None:
-                record.update(escalation_of(probabilities, image_id, below, args.audit_rate, distance, threshold,
-                                            spec.class_names))
+                record.update(escalation_of(probabilities, image_id, below, args.audit_rate, distance, threshold))
         log.append(record)
         done.add(image_id)
         new += 1

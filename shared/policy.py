@@ -1,7 +1,8 @@
 """The edge's one decision per image, in one place: `unknown`, `edge`, `hard` or `audit`.
 
-    unknown  the leaf gate says the photo does not look like a cassava leaf, or the model's own `unknown` class
-             (CropNet's 6th) is its top-1: one rule, `is_unknown` (answered at once as `unknown`; never escalated)
+    unknown  the leaf gate says the photo does not look like a cassava leaf (answered at once; never escalated).
+             The label `unknown` has one rule, `is_unknown`: the gate's rejection or the model's own `unknown` class
+             (CropNet's 6th) as its top-1; the latter is the model's answer and escalates like any other.
     hard     the edge model's confidence is below `escalate_below`: the cloud should settle it
     audit    a confident photo picked (by a hash of its id) to measure the edge's agreement with the cloud
     edge     the edge answers alone
@@ -75,17 +76,24 @@ class EscalationPolicy:
 
     def unknown(self, probabilities: np.ndarray, class_names: Sequence[str] = (),
                 gate_distances: Optional[Sequence[float]] = None) -> np.ndarray:
-        """bool [N]: which photos are `unknown` (is_unknown with this policy's gate threshold)."""
+        """bool [N]: which photos are answered `unknown` (is_unknown with this policy's gate threshold)."""
         return is_unknown(probabilities, class_names, gate_distances, self.gate_threshold)
 
+    def rejected(self, count: int, gate_distances: Optional[Sequence[float]] = None) -> np.ndarray:
+        """bool [N]: the photos the gate turned away, the `unknown` decision: answered at once, never escalated nor
+        audited. (The model's own `unknown` class is the model's answer: hard or audited like any other, so the
+        cloud, which has the same class, may settle it.)"""
+        if gate_distances is None or self.gate_threshold is None:
+            return np.zeros(count, dtype=bool)
+        return np.asarray(gate_distances, dtype=np.float64).reshape(-1) > self.gate_threshold
+
     def decide(self, probabilities: np.ndarray, image_ids: Sequence[str],
-               gate_distances: Optional[Sequence[float]] = None, class_names: Sequence[str] = ()) -> List[str]:
-        """float [N, C] probabilities, N ids (and N gate distances when a gate ran; the model's class names when it
-        may have its own `unknown` class) -> N decisions."""
+               gate_distances: Optional[Sequence[float]] = None) -> List[str]:
+        """float [N, C] probabilities, N ids (and N gate distances when a gate ran) -> N decisions."""
         scores = confidence(np.nan_to_num(np.asarray(probabilities, dtype=np.float64)))
         if len(image_ids) != len(scores):
             raise ValueError(f"{len(scores)} images but {len(image_ids)} ids")
-        rejected = self.unknown(probabilities, class_names, gate_distances)
+        rejected = self.rejected(len(scores), gate_distances)
         decisions = []
         for score, image_id, is_rejected in zip(scores, image_ids, rejected):
             if is_rejected:

@@ -149,3 +149,22 @@ def test_the_page_says_it_is_not_a_cassava_leaf_and_how_to_retake(edge, tmp_path
         assert driver.find_elements("css selector", "#top3 li") == []  # no disease ranking under it
         leaf = sorted((MORE / "healthy").iterdir())[0]
         assert pick(driver, leaf) != "This does not look like a cassava leaf"
+
+
+def test_watch_records_unknown_and_never_escalates_it(tmp_path, gated, cloud, photos):
+    import subprocess
+
+    from helpers import BIN
+
+    inbox, out = tmp_path / "inbox", tmp_path / "results.jsonl"
+    inbox.mkdir()
+    (inbox / "leaf.jpg").write_bytes(photos[0])
+    (inbox / "scene.png").write_bytes(photos[1])
+    # every photo is hard (--escalate-below 1): only the leaf may go to the cloud
+    result = subprocess.run([BIN / "cassava", "watch", "--model", gated, "--source", inbox, "--out", out, "--every",
+                             "200ms", "--max-images", "2", "--duration", "240", "--escalate-to", cloud.url,
+                             "--escalate-below", "1", "--audit-rate", "0"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    records = {r["file"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert records["scene.png"]["unknown"] is True and records["scene.png"]["escalate"] is None
+    assert records["leaf.jpg"]["unknown"] is False and records["leaf.jpg"]["escalate"] == "hard"

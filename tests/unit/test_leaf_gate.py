@@ -12,7 +12,7 @@ from cassava.edge.gate.gate import knn_distances, normalise
 from cassava.edge.gate.threshold import beta_cdf, conformal_threshold
 from cassava.edge.gate.weights import read_state_dict
 from cassava.shared.labels import CROPNET_CLASSES
-from cassava.shared.policy import EDGE, UNKNOWN, EscalationPolicy, is_unknown, unknown_class_id
+from cassava.shared.policy import EDGE, HARD, UNKNOWN, EscalationPolicy, is_unknown, unknown_class_id
 from cassava.shared.protocol.v2 import build_response
 from cassava.shared.spec import ModelSpec
 
@@ -73,8 +73,11 @@ def test_one_rule_for_unknown_the_gate_or_the_models_own_class():
     p = np.array([[0.1, 0.1, 0.1, 0.1, 0.1, 0.5], [0.6, 0.1, 0.1, 0.1, 0.05, 0.05], [0.6, 0.1, 0.1, 0.1, 0.05, 0.05]])
     assert is_unknown(p, CROPNET_CLASSES).tolist() == [True, False, False]
     assert is_unknown(p, CROPNET_CLASSES, [0.0, 0.1, 0.9], 0.5).tolist() == [True, False, True]
-    decisions = EscalationPolicy(audit_rate=0.0).decide(p, list("abc"), class_names=CROPNET_CLASSES)
-    assert decisions == [UNKNOWN, EDGE, EDGE]
+    policy = EscalationPolicy(audit_rate=0.0, gate_threshold=0.5)
+    assert policy.unknown(p, CROPNET_CLASSES, [0.0, 0.1, 0.9]).tolist() == [True, False, True]
+    # the decision `unknown` (never escalated) is the gate's; the model's own class escalates like any answer
+    assert policy.decide(p, list("abc"), [0.0, 0.1, 0.9]) == [EDGE, EDGE, UNKNOWN]
+    assert EscalationPolicy(escalate_below=0.55).decide(p, list("abc")) == [HARD, EDGE, EDGE]
     assert unknown_class_id(CROPNET_CLASSES) == 5 and unknown_class_id(("cbb", "cbsd", "cgm", "cmd", "healthy")) == 5
 
 
