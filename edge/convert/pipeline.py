@@ -9,10 +9,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
-
 from cassava.edge.gate.build import require_weights
-from cassava.edge.gate.convert import add_gate, gate_files
+from cassava.edge.gate.convert import add_gate, gate_files, gate_samples
 from cassava.shared.errors import CassavaError
 from cassava.shared.manifest import MANIFEST_FILE, SELFCHECK_FILE, write_manifest
 from cassava.shared.spec import REPORT_FILE, SPEC_FILE, STANDIN_NOTE, TFLITE_FILE
@@ -90,13 +88,7 @@ def convert(model: str, out: Path, options: Optional[ConvertOptions] = None,
         report = check_and_write(model, out, options, tf, source, path, content, quantize, io, data,
                                  calibration_info, held, selective, verification)
         if report["verified"] and options.gate:  # before the manifest, which then lists the gate's files
-            gate_x = to_model_input(held.pixels, spec.input_scale)
-            names = [s.name for s in verify_samples]
-            labels = [s.label for s in verify_samples]
-            if calibration_x is not None:
-                gate_x = np.concatenate([calibration_x, gate_x])
-                names, labels = [s.name for s in kept] + names, [s.label for s in kept] + labels
-            report["leaf_gate"] = add_gate(out, spec, names, labels, gate_x, options.gate_alpha,
+            report["leaf_gate"] = add_gate(out, spec, gate_samples(options, spec, verify_samples), options.gate_alpha,
                                            options.gate_negatives, notify, progress)
         if report["verified"]:  # what a device checks before serving it (shared/manifest.py)
             write_manifest(out, held.pixels, held.expected)

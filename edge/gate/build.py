@@ -28,6 +28,7 @@ from .threshold import DEFAULT_ALPHA, conformal_threshold
 GATE_VERSION = "leaf-gate-v1"  # bump when the recipe changes: the cache is keyed by it
 GATE_SIZE = 224  # the backbone's input (chosen on development photos: docs/leaf-gate.md)
 K = 5  # nearest references averaged (chosen on development photos)
+GATE_PHOTOS = 300  # at most, from the conversion's photos (the measurement used 300)
 REFERENCE_SHARE = 2 / 3
 MIN_COSINE = 0.95  # the int8 copy's embeddings must stay this close to the float model's (mean over the photos)
 REPRESENTATIVE = 100

@@ -10,7 +10,7 @@ import numpy as np
 
 from cassava.shared.spec import REPORT_FILE
 
-from .build import cached_gate, install_gate
+from .build import GATE_PHOTOS, cached_gate, install_gate
 from .gate import GATE_FILE, GATE_REFERENCES, GATE_TFLITE, LeafGate
 
 NEGATIVES = Path("..") / "shared" / "data" / "not-cassava"  # measured when present (../shared beside the checkout)
@@ -52,9 +52,29 @@ def rejection_by_kind(gate: LeafGate, folder: Path, spec, progress: bool = False
     return kinds
 
 
-def add_gate(out: Path, spec, names: Sequence[str], labels: Sequence[Optional[str]], x: np.ndarray, alpha: float,
-             negatives: Optional[Path], notify: Callable[[str], None], progress: bool = False) -> dict:
+def gate_samples(options, spec, verification: Sequence) -> list:
+    """The cassava photos the gate is built from: the conversion's calibration DATA in full (every mode, so all
+    conversions from the same photos share one cached gate), else its verification photos; at most GATE_PHOTOS,
+    stratified by class."""
+    from cassava.shared.data import load_samples, stratified_split
+
+    data = options.calibration or (["standin:train"] if spec.standin else None)
+    samples = load_samples(data) if data else list(verification)
+    return stratified_split(samples, GATE_PHOTOS)[0] if len(samples) > GATE_PHOTOS else samples
+
+
+def add_gate(out: Path, spec, samples: Sequence, alpha: float, negatives: Optional[Path],
+             notify: Callable[[str], None], progress: bool = False) -> dict:
     """Build (or reuse) the gate for these cassava photos, copy it into `out`, and record it in the report."""
+    from cassava.shared.data import preprocess_samples
+    from cassava.shared.preprocess import to_model_input
+
+    kept, pixels, skipped = preprocess_samples(samples, [spec.input_size], desc="reading the leaf gate's photos",
+                                               progress=progress, leave=False)
+    for line in skipped:
+        notify(line)
+    x = to_model_input(pixels[spec.input_size], spec.input_scale)
+    names, labels = [s.name for s in kept], [s.label for s in kept]
     settings = install_gate(cached_gate(names, labels, x, spec, alpha, notify), out)
     section = {key: settings[key] for key in ("threshold", "bound", "k", "input_size", "references",
                                               "int8_vs_float_cosine", "backbone")}
