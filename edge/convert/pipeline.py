@@ -88,8 +88,10 @@ def convert(model: str, out: Path, options: Optional[ConvertOptions] = None,
         report = check_and_write(model, out, options, tf, source, path, content, quantize, io, data,
                                  calibration_info, held, selective, verification)
         if report["verified"] and options.gate:  # before the manifest, which then lists the gate's files
-            report["leaf_gate"] = add_gate(out, spec, gate_samples(options, spec, verify_samples), options.gate_alpha,
-                                           options.gate_negatives, notify, progress)
+            with native_output_to(log_path) as stderr:  # the gate's own TFLite conversion is as loud as the model's
+                say = (lambda line: print(line, file=stderr)) if notify is _to_stderr else notify
+                report["leaf_gate"] = add_gate(out, spec, gate_samples(options, spec, verify_samples),
+                                               options.gate_alpha, options.gate_negatives, say, progress)
         if report["verified"]:  # what a device checks before serving it (shared/manifest.py)
             write_manifest(out, held.pixels, held.expected)
         return report

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import warnings
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -55,7 +56,9 @@ def _tflite(tf, model, representative: np.ndarray) -> bytes:
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = lambda: ([image[None]] for image in representative)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    return converter.convert()  # float32 in and out (quantize / dequantize at the ends), int8 inside
+    with warnings.catch_warnings():  # "Statistics for quantized inputs were expected": float input is meant
+        warnings.simplefilter("ignore", UserWarning)
+        return converter.convert()  # float32 in and out (quantize / dequantize at the ends), int8 inside
 
 
 def _build(folder: Path, labels: Sequence[Optional[str]], x: np.ndarray, spec, alpha: float,
@@ -106,9 +109,10 @@ def cached_gate(names: Sequence[str], labels: Sequence[Optional[str]], x: np.nda
     """The gate for these photos (model input `x`) in the cache, built on first use."""
     require_weights()
     target = cache_dir() / f"{GATE_VERSION}-{_key(names, x, spec, alpha)}"
+    if not (target / GATE_FILE).is_file():
+        notify(f"building the leaf gate from {len(names)} cassava photos (once; cached in {target}) ...")
     return built_once(target, "leaf-gate", lambda folder: _build(folder, labels, x, spec, alpha, notify),
-                      f"building the leaf gate from {len(names)} cassava photos (once; cached in {target}) ...",
-                      lambda folder: f"leaf gate ready: {folder}", marker=GATE_FILE)
+                      "", lambda folder: "", marker=GATE_FILE)
 
 
 def install_gate(gate: Path, out: Path) -> dict:

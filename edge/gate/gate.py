@@ -14,6 +14,7 @@ from typing import Optional
 import numpy as np
 
 from cassava.shared.errors import CassavaError
+from cassava.shared.native import debugging, native_stderr_silenced
 from cassava.shared.preprocess import resize_bilinear
 
 GATE_TFLITE, GATE_REFERENCES, GATE_FILE = "leaf-gate.tflite", "leaf-gate-references.npy", "leaf-gate.json"
@@ -50,8 +51,9 @@ class Embedder:
         cls = interpreter_class(backend)
         self._pool: queue.Queue = queue.Queue()
         for _ in range(max(1, pool_size)):
-            interpreter = cls(model_path=str(path), num_threads=num_threads)
-            interpreter.allocate_tensors()
+            with native_stderr_silenced(not debugging()):  # LiteRT's "Created ... XNNPACK delegate" line, from C++
+                interpreter = cls(model_path=str(path), num_threads=num_threads)
+                interpreter.allocate_tensors()
             self._pool.put(interpreter)
         self.size = int(interpreter.get_input_details()[0]["shape"][1])
 
