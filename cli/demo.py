@@ -62,12 +62,12 @@ def choose_ports(tier: str, offset: int):
         return ports
 
 
-def tier_server(tier: str, model, ports, out: Path):
+def tier_server(tier: str, model, ports, out: Path, *flags):
     """`cassava serve TIER` in its own process group (it and its MLServer stop together), output in a log file."""
     from cassava.shared.server.process import ServerProcess
 
     command = _cassava("serve", tier, "--model", model, "--http-port", ports[0], "--grpc-port", ports[1],
-                       "--metrics-port", ports[2], "--run-dir", out / "run" / tier)
+                       "--metrics-port", ports[2], "--run-dir", out / "run" / tier, *flags)
     server = ServerProcess(command, f"http://127.0.0.1:{ports[0]}/v2/models/cassava/ready",
                            out / "logs" / f"{tier}-server.log", name=f"the {tier} server")
     server.tier, server.ports, server.url = tier, ports, f"http://127.0.0.1:{ports[0]}"
@@ -118,7 +118,9 @@ def run(args) -> int:
     print(f"int8 TFLite: {edge_model / TFLITE_FILE} (conversion report: {edge_model / REPORT_FILE})")
 
     _step("3/5 the servers")
-    servers = [tier_server("cloud", "standin", choose_ports("cloud", args.port_offset), out),
+    # the cloud runs the edge folder's leaf gate too, so both answer `unknown` alike (docs/leaf-gate.md)
+    gate = ("--gate", edge_model) if (Path(edge_model) / "leaf-gate.json").is_file() else ()
+    servers = [tier_server("cloud", "standin", choose_ports("cloud", args.port_offset), out, *gate),
                tier_server("edge", edge_model, choose_ports("edge", args.port_offset), out)]
     summary = {"note": STANDIN_NOTE, "out": str(out), "edge_model": str(edge_model / TFLITE_FILE)}
     previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)

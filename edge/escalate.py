@@ -30,7 +30,7 @@ from prometheus_client import REGISTRY, Counter, Histogram
 
 from cassava.shared.errors import CassavaError
 from cassava.shared.escalation import DEFAULT_AUDIT_RATE
-from cassava.shared.policy import AUDIT, HARD, EscalationPolicy
+from cassava.shared.policy import AUDIT, HARD, UNKNOWN, EscalationPolicy
 from cassava.shared.protocol import ANSWERED_BY
 from cassava.shared.protocol.transport import HttpTransport, ModelInfo, Unavailable
 from cassava.shared.protocol.v2 import BadRequest
@@ -243,13 +243,17 @@ class Escalation:
         return self._missed_at is None
 
     async def settle(self, x: np.ndarray, probabilities: np.ndarray,
-                     originals: Optional[Callable[[], Optional[List[bytes]]]] = None, wait_s: Optional[float] = None):
+                     originals: Optional[Callable[[], Optional[List[bytes]]]] = None, wait_s: Optional[float] = None,
+                     rejected: Optional[np.ndarray] = None):
         """The edge's answers for a batch -> (the answering tier's probabilities, answered_by, settlement ids).
         `originals()`: the request's photo files, when it sent photos (the smaller exact form goes to the cloud);
-        called only when something goes, so a confident batch pays nothing for it."""
+        called only when something goes, so a confident batch pays nothing for it. `rejected`: photos the leaf gate
+        turned away (shared/policy.py `rejected`): the edge answers them `unknown`, never escalated nor audited."""
         ids = [new_id() for _ in range(len(x))]
         policy = self.policy.with_threshold(self.trust.threshold(probabilities))  # stored unless protecting
         decisions = np.array(policy.decide(probabilities, ids), dtype=object)
+        if rejected is not None:
+            decisions[np.asarray(rejected, dtype=bool)] = UNKNOWN
         hard = decisions == HARD
         audit = (decisions == AUDIT) & self.uplink.up  # audits while the cloud answers: they measure, not settle
         answered_by = np.where(hard, PROVISIONAL, EDGE).astype(object)

@@ -61,10 +61,13 @@ class EdgeRuntime(ImageClassifierRuntime):
             request_input = self.validate(payload, serving)
             wait_s = wait_budget(payload.parameters, self.escalation.settings.timeout_s)
             x = await self.decode(request_input, serving)
+            probabilities, distances = await self.classify(x, serving)
+            # a photo the gate turned away is answered at once: never escalated nor audited (no bytes spent on it)
             probabilities, answered_by, ids = await self.escalation.settle(
-                x, await self.batch(x, serving), lambda: original_photos(request_input), wait_s)
+                x, probabilities, lambda: original_photos(request_input), wait_s,
+                rejected=self.policy.rejected(len(x), distances))
             response = self.encode(probabilities, payload, serving,
-                                   more={ANSWERED_BY: answered_by_output(answered_by)})
+                                   more={ANSWERED_BY: answered_by_output(answered_by)}, distances=distances)
             # Per image, comma-separated ("" where the edge answered alone): gRPC parameters are scalars
             current = response.parameters.model_dump(exclude_none=True) if response.parameters else {}
             response.parameters = Parameters(**current, **{SETTLEMENT_IDS: ",".join(ids)})

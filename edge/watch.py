@@ -62,11 +62,14 @@ def add_arguments(parser):
     parser.add_argument("--num-threads", type=int, help="TFLite interpreter threads")
 
 
-def escalation_of(probabilities: np.ndarray, image_id: str, below: float, audit_rate: float) -> dict:
-    """What the record says about escalation: the confidence, `escalate` (hard, audit or None) and who answered."""
+def escalation_of(probabilities: np.ndarray, image_id: str, below: float, audit_rate: float,
+                  gate_distance: Optional[float] = None, gate_threshold: Optional[float] = None) -> dict:
+    """What the record says about escalation: the confidence, `escalate` (hard, audit or None) and who answered
+    (a photo the leaf gate turned away is never escalated)."""
     from cassava.shared.escalation import confidence
 
-    decision, = EscalationPolicy(escalate_below=below, audit_rate=audit_rate).decide(probabilities[None], [image_id])
+    policy = EscalationPolicy(escalate_below=below, audit_rate=audit_rate, gate_threshold=gate_threshold)
+    decision, = policy.decide(probabilities[None], [image_id], None if gate_distance is None else [gate_distance])
     escalate = decision if decision in (HARD, AUDIT) else None
     return {"confidence": round(float(confidence(probabilities[None])[0]), 6), "escalate": escalate,
             "answered_by": "edge-provisional" if escalate == HARD else "edge"}
@@ -144,15 +147,25 @@ class Uplinked:
         self.answers.close()
 
 
+def leaf_gate_of(model: str):
+    """The model folder's leaf gate (edge/gate), or None: watch says `unknown` as the server does."""
+    from .gate.gate import has_gate, load_gate
+
+    path = Path(model)
+    folder = path if path.is_dir() else path.parent
+    return load_gate(folder) if has_gate(folder) else None
+
+
 def run(args) -> int:
     from cassava.shared.classifier import load_classifier, predict_pixels
-    from cassava.shared.preprocess import preprocess
+    from cassava.shared.preprocess import preprocess, to_model_input
 
     interval = parse_interval(args.every)
     check_escalation_arguments(args)
     kwargs = {"num_threads": args.num_threads} if args.num_threads else {}
     classifier = load_classifier(args.model, **kwargs)
     spec = classifier.spec
+    gate = leaf_gate_of(args.model)
     below = escalation_threshold(args, spec)
     log = ResultLog(args.out)
     done = log.ids()
@@ -182,16 +195,23 @@ def run(args) -> int:
             record = {"id": image_id, "time": now(), "source": kind, "file": image_id, "error": str(exc)}
         else:
             probabilities = predict_pixels(classifier, pixels[None])[0]
+            distance = threshold = None
+            if gate is not None:
+                distance = float(gate.distances(to_model_input(pixels[None], spec.input_scale), spec.input_scale)[0])
+                threshold = gate.threshold
+            unknown = bool(EscalationPolicy(gate_threshold=threshold).unknown(
+                probabilities[None], spec.class_names, None if distance is None else [distance])[0])
             record = {"id": image_id, "time": now(), "source": kind, "file": image_id,
                       "path": str(path.resolve()) if path else None, "top": top_k(probabilities, spec.class_names),
-                      "latency_ms": round((time.perf_counter() - t0) * 1000.0, 2), "model": spec.title}
+                      "latency_ms": round((time.perf_counter() - t0) * 1000.0, 2), "model": spec.title,
+                      "unknown": unknown}
             if below is not None:
-                record.update(escalation_of(probabilities, image_id, below, args.audit_rate))
+                record.update(escalation_of(probabilities, image_id, below, args.audit_rate, distance, threshold))
         log.append(record)  # the decision first: a crash before the outbox has it is re-queued at start
         done.add(image_id)
         if uplinked:
             uplinked.send(record)
-        print(json.dumps({k: record.get(k) for k in ("file", "top", "latency_ms", "answered_by", "error")
+        print(json.dumps({k: record.get(k) for k in ("file", "top", "unknown", "latency_ms", "answered_by", "error")
                           if k in record}), flush=True)
 
     try:

@@ -45,14 +45,15 @@ def build_lock(name: str):
 
 
 def built_once(target: Path, lock: str, build: Callable[[Path], object], announce: str,
-               ready: Callable[[Path], str]) -> Path:
+               ready: Callable[[Path], str], marker: str = SPEC_FILE) -> Path:
     """The model folder `target`, built by `build(folder)` on first use and cached after. Built under a lock
     (tests, demo and servers may race) into a staging folder that is renamed into place, so a half-built model is
-    never seen; complete when it holds cassava-model.json. `announce` and `ready(target)` are printed around it."""
-    if (target / SPEC_FILE).is_file():
+    never seen; complete when it holds `marker` (cassava-model.json). `announce` and `ready(target)` are printed
+    around it."""
+    if (target / marker).is_file():
         return target
     with build_lock(lock):
-        if (target / SPEC_FILE).is_file():
+        if (target / marker).is_file():
             return target
         print(announce, flush=True)
         staging = target.with_name(target.name + ".tmp")

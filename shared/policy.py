@@ -1,6 +1,8 @@
 """The edge's one decision per image, in one place: `unknown`, `edge`, `hard` or `audit`.
 
-    unknown  the leaf gate says the photo does not look like a cassava leaf (answered at once; never escalated)
+    unknown  the leaf gate says the photo does not look like a cassava leaf (answered at once; never escalated).
+             The label `unknown` has one rule, `is_unknown`: the gate's rejection or the model's own `unknown` class
+             (CropNet's 6th) as its top-1; the latter is the model's answer and escalates like any other.
     hard     the edge model's confidence is below `escalate_below`: the cloud should settle it
     audit    a confident photo picked (by a hash of its id) to measure the edge's agreement with the cloud
     edge     the edge answers alone
@@ -22,6 +24,26 @@ from .escalation import DEFAULT_AUDIT_RATE, confidence
 
 UNKNOWN, EDGE, HARD, AUDIT = "unknown", "edge", "hard", "audit"
 DECISIONS = (UNKNOWN, EDGE, HARD, AUDIT)
+
+
+def unknown_class_id(class_names: Sequence[str]) -> int:
+    """The class id a V2 answer gives `unknown`: the model's own `unknown` class, else one past its classes (so a
+    5-class model's `unknown` is 5, as CropNet's is; metadata's class_names lists it there)."""
+    names = list(class_names)
+    return names.index(UNKNOWN) if UNKNOWN in names else len(names)
+
+
+def is_unknown(probabilities: np.ndarray, class_names: Sequence[str], gate_distances: Optional[Sequence[float]] = None,
+               gate_threshold: Optional[float] = None) -> np.ndarray:
+    """The one rule for `unknown` -> bool [N]: the gate's distance is above its threshold, or the model's own
+    `unknown` class is its top-1 (a model and the gate never disagree on what `unknown` means)."""
+    probabilities = np.asarray(probabilities)
+    rejected = np.zeros(len(probabilities), dtype=bool)
+    if UNKNOWN in class_names:
+        rejected |= probabilities.argmax(axis=1) == list(class_names).index(UNKNOWN)
+    if gate_distances is not None and gate_threshold is not None:
+        rejected |= np.asarray(gate_distances, dtype=np.float64).reshape(-1) > gate_threshold
+    return rejected
 
 
 def audited(image_id: str, rate: float) -> bool:
@@ -52,15 +74,26 @@ class EscalationPolicy:
         """The same policy with another `escalate_below` (e.g. raised while audited agreement is low)."""
         return dataclasses.replace(self, escalate_below=float(escalate_below))
 
+    def unknown(self, probabilities: np.ndarray, class_names: Sequence[str] = (),
+                gate_distances: Optional[Sequence[float]] = None) -> np.ndarray:
+        """bool [N]: which photos are answered `unknown` (is_unknown with this policy's gate threshold)."""
+        return is_unknown(probabilities, class_names, gate_distances, self.gate_threshold)
+
+    def rejected(self, count: int, gate_distances: Optional[Sequence[float]] = None) -> np.ndarray:
+        """bool [N]: the photos the gate turned away, the `unknown` decision: answered at once, never escalated nor
+        audited. (The model's own `unknown` class is the model's answer: hard or audited like any other, so the
+        cloud, which has the same class, may settle it.)"""
+        if gate_distances is None or self.gate_threshold is None:
+            return np.zeros(count, dtype=bool)
+        return np.asarray(gate_distances, dtype=np.float64).reshape(-1) > self.gate_threshold
+
     def decide(self, probabilities: np.ndarray, image_ids: Sequence[str],
                gate_distances: Optional[Sequence[float]] = None) -> List[str]:
         """float [N, C] probabilities, N ids (and N gate distances when a gate ran) -> N decisions."""
         scores = confidence(np.nan_to_num(np.asarray(probabilities, dtype=np.float64)))
         if len(image_ids) != len(scores):
             raise ValueError(f"{len(scores)} images but {len(image_ids)} ids")
-        rejected = np.zeros(len(scores), dtype=bool)
-        if gate_distances is not None and self.gate_threshold is not None:
-            rejected = np.asarray(gate_distances, dtype=np.float64).reshape(-1) > self.gate_threshold
+        rejected = self.rejected(len(scores), gate_distances)
         decisions = []
         for score, image_id, is_rejected in zip(scores, image_ids, rejected):
             if is_rejected:

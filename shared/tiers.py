@@ -82,6 +82,8 @@ TOOLS = {
     "convert_options": ("edge", "cassava.edge.convert.options:ConvertOptions"),
     "resolve_model_path": ("cloud", "cassava.cloud.model:resolve_model_path"),  # MODEL -> its SavedModel folder
     "escalation_preflight": ("edge", "cassava.edge.escalate:preflight"),  # `serve edge --escalate-to` checks
+    "leaf_gate": ("edge", "cassava.edge.gate.gate:load_gate"),  # a folder's leaf gate, on either tier (LiteRT or TF)
+    "has_gate": ("edge", "cassava.edge.gate.gate:has_gate"),
 }
 
 

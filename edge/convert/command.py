@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from cassava.edge.gate.convert import gate_files, gate_text
 from cassava.shared.arguments import add_model_spec_arguments
 from cassava.shared.manifest import MANIFEST_FILE, SELFCHECK_FILE
 from cassava.shared.spec import REPORT_FILE, SPEC_FILE, TFLITE_FILE
@@ -63,6 +64,13 @@ def add_arguments(parser):
                         help="allow TensorFlow ops TFLite lacks (the edge then needs the Flex delegate, which "
                              "ai-edge-litert and tflite-runtime do not include)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--no-gate", dest="gate", action="store_false",
+                        help="no leaf gate (by default one is built: photos unlike the cassava photos -> unknown)")
+    parser.add_argument("--gate-alpha", type=float, default=0.02, metavar="A",
+                        help="the fraction of real cassava leaves the gate may turn away (default 0.02)")
+    parser.add_argument("--gate-negatives", metavar="DIR",
+                        help="photos that are not cassava leaves, one sub-folder per kind, to report the gate's "
+                             "rejection on (default ../shared/data/not-cassava when present)")
 
 
 def run(args) -> int:
@@ -83,7 +91,10 @@ def run(args) -> int:
     if selective and not selective["met"]:
         print(f"warning: no copy tried reaches --target-agreement {options.target_agreement:.1%}; wrote the best one "
               f"({selective['chosen']}, {agreement_text(verification)})", file=sys.stderr)
-    written = [args.out / name for name in (TFLITE_FILE, SPEC_FILE, REPORT_FILE, MANIFEST_FILE, SELFCHECK_FILE)
-               if (args.out / name).is_file()]
+    gate = report.get("leaf_gate")
+    if gate:
+        print(gate_text(gate))
+    written = [args.out / name for name in (TFLITE_FILE, SPEC_FILE, REPORT_FILE, MANIFEST_FILE, SELFCHECK_FILE,
+                                            *(p.name for p in gate_files(args.out))) if (args.out / name).is_file()]
     print(f"wrote {', '.join(map(str, written[:-1]))} and {written[-1]}")
     return 0

@@ -41,6 +41,9 @@ class ConvertOptions:
     allow_float_fallback: bool = False
     select_tf_ops: bool = False
     quiet: bool = False
+    gate: bool = True  # the leaf gate (edge/gate): `unknown` for photos that do not look like a cassava leaf
+    gate_alpha: float = 0.02
+    gate_negatives: Optional[str] = None
 
     @classmethod
     def from_args(cls, args) -> "ConvertOptions":
@@ -60,6 +63,8 @@ def check_arguments(args) -> str:
         raise CassavaError("--verify-samples must be 0 (all) or more")
     if not 0.0 <= args.min_agreement <= 1.0:
         raise CassavaError("--min-agreement is a fraction between 0 and 1, e.g. 0.95")
+    if not 0.0 < args.gate_alpha < 1.0:
+        raise CassavaError("--gate-alpha is a fraction between 0 and 1, e.g. 0.02")
     if not 0.0 < args.escalation_target <= 1.0:
         raise CassavaError("--escalation-target is a fraction between 0 and 1, e.g. 0.995")
     if args.target_agreement is not None:

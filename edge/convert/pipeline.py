@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional
 
+from cassava.edge.gate.build import require_weights
+from cassava.edge.gate.convert import add_gate, gate_files, gate_samples
 from cassava.shared.errors import CassavaError
 from cassava.shared.manifest import MANIFEST_FILE, SELFCHECK_FILE, write_manifest
 from cassava.shared.spec import REPORT_FILE, SPEC_FILE, STANDIN_NOTE, TFLITE_FILE
@@ -41,6 +43,8 @@ def convert(model: str, out: Path, options: Optional[ConvertOptions] = None,
     options = options or ConvertOptions()
     out = Path(out)
     io = check_arguments(options)
+    if options.gate:
+        require_weights()  # one line now, not after minutes of converting
     from cassava.cloud.model import load_tf_classifier, resolve_model_path
     from cassava.shared.native import import_tensorflow
     from cassava.shared.preprocess import to_model_input
@@ -67,7 +71,7 @@ def convert(model: str, out: Path, options: Optional[ConvertOptions] = None,
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / LOG_FILE
     # a report, log or device manifest left from an earlier run would describe another model
-    for stale in (log_path, out / REPORT_FILE, out / MANIFEST_FILE, out / SELFCHECK_FILE):
+    for stale in (log_path, out / REPORT_FILE, out / MANIFEST_FILE, out / SELFCHECK_FILE, *gate_files(out)):
         stale.unlink(missing_ok=True)
     if options.select_tf_ops:
         notify("warning: --select-tf-ops: TensorFlow ops may be kept in the model; the edge then needs the Flex "
@@ -85,6 +89,11 @@ def convert(model: str, out: Path, options: Optional[ConvertOptions] = None,
                 raise CassavaError(f"{explain_failure(exc)} (converter log: {log_path})") from None
         report = check_and_write(model, out, options, tf, source, path, content, quantize, io, data,
                                  calibration_info, held, selective, verification, weighed)
+        if report["verified"] and options.gate:  # before the manifest, which then lists the gate's files
+            with native_output_to(log_path) as stderr:  # the gate's own TFLite conversion is as loud as the model's
+                say = (lambda line: print(line, file=stderr)) if notify is _to_stderr else notify
+                report["leaf_gate"] = add_gate(out, spec, gate_samples(options, spec, verify_samples),
+                                               options.gate_alpha, options.gate_negatives, say, progress)
         if report["verified"]:  # what a device checks before serving it (shared/manifest.py)
             write_manifest(out, held.pixels, held.expected)
         return report
@@ -243,7 +252,7 @@ def _escalation(verification: Optional[dict], held: Held, target: float) -> Opti
 
 def remove_outputs(out: Path, notify: Callable[[str], None] = _to_stderr) -> None:
     """A failed conversion leaves no servable model behind, not even one from an earlier run."""
-    for name in (TFLITE_FILE, SPEC_FILE, MANIFEST_FILE, SELFCHECK_FILE):
+    for name in (TFLITE_FILE, SPEC_FILE, MANIFEST_FILE, SELFCHECK_FILE, *(p.name for p in gate_files(out))):
         if (out / name).is_file():
             (out / name).unlink()
             notify(f"removed the previous {out / name}")

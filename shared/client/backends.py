@@ -135,8 +135,8 @@ class ServerBackend:
         with self._lock:
             names = list(self.spec.class_names)
             for class_id, label in zip(class_ids, labels):
-                if names[class_id] == label:
-                    continue
+                if class_id >= len(names) or names[class_id] == label:
+                    continue  # past the model's classes: the server's `unknown` (shared/policy.unknown_class_id)
                 if self._strict:
                     raise CassavaError(f"{self.route.describe()}: class {int(class_id)} is {label!r} on the server but "
                                        f"{names[class_id]!r} here; pass --classes in the server's order")

@@ -11,6 +11,7 @@ import numpy as np
 from ..console import say
 from ..data import Sample
 from ..errors import BadImage
+from ..policy import UNKNOWN
 from ..preprocess import preprocess
 
 
@@ -49,9 +50,12 @@ def classify_chunk(backend, chunk: List[Sample], size: int):
             settlement_ids = answer.settlement_ids or [""] * len(good)
             for sample, image, best, probs, tier, by, settlement_id in zip(
                     good, batch, answer.class_ids, answer.probabilities, answer.tiers, answered_by, settlement_ids):
+                # a class id past the model's classes is the server's `unknown` (shared/policy.py: the leaf gate)
+                prediction = names[best] if best < len(names) else UNKNOWN
                 results[id(sample)] = (image, {
-                    "file": sample.name, "label": sample.label, "prediction": names[best],
-                    "probability": round(float(probs[best]), 6), "tier": tier, "answered_by": by,
+                    "file": sample.name, "label": sample.label, "prediction": prediction,
+                    "probability": round(float(probs[best] if best < len(names) else probs.max()), 6), "tier": tier,
+                    "answered_by": by,
                     "latency_ms": round(latency_ms, 3),
                     "probabilities": {c: round(float(p), 6) for c, p in zip(names, probs)},
                     **({"settlement_id": settlement_id} if settlement_id else {}),

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..labels import display_name, top_k
+from ..policy import UNKNOWN
 
 # answered_by: an escalating edge's word per image (edge, cloud, edge-provisional); empty from other servers
 RECORD_KEYS = ("file", "label", "prediction", "probability", "tier", "answered_by", "latency_ms")
@@ -31,6 +32,9 @@ def summarize(records, title: str, tier: str) -> str:
     if labelled:
         right = sum(r["label"] == r["prediction"] for r in labelled)
         text += f", {right}/{len(labelled)} right ({right / len(labelled):.1%})"
+    unknown = sum(r["prediction"] == UNKNOWN for r in done)
+    if unknown:
+        text += f", {unknown} unknown (not like a cassava leaf)"
     if failed:
         text += f", {failed} failed (reported above)"
     return f"{text}; model: {title}; tier: {tier}{escalation_summary(done)}"

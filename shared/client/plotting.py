@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..labels import display_name
+from ..policy import UNKNOWN
 
 CLOUD_COLOR = "#1f5fbf"  # the frame of a cloud-settled image
 
@@ -28,6 +29,9 @@ def grid_selection(images: Sequence[np.ndarray], records: Sequence[dict], max_im
     labelled = [r for _, r in classified if r.get("label") is not None]
     right = sum(r["label"] == r["prediction"] for r in labelled)
     caption = f"{right}/{len(labelled)} right" if labelled else "no labels"
+    unknown = sum(r["prediction"] == UNKNOWN for _, r in classified)
+    if unknown:
+        caption += f"; {unknown} unknown (not like a cassava leaf)"
     settled = sum(r.get("answered_by") == "cloud" for _, r in classified)
     if settled:
         caption += f"; {settled} settled by the cloud (blue frame)"

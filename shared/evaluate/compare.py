@@ -26,6 +26,7 @@ from ..formatting import count_text, size_text
 from ..spec import CROPNET_HANDLE, STANDIN_NOTE, model_kind
 from .conversion import conversion_notes, conversion_plan, convert_variants  # noqa: F401 (conversion_plan: API)
 from .entries import edge_entries, load_cloud, via_entries
+from .rejection import rejection_lines, rejection_table
 
 DEFAULT_VARIANTS = ("int8", "dynamic", "float16")
 
@@ -222,8 +223,9 @@ def compare(options) -> Dict:
     for result, scores in zip(results, score(y_true, probs_by_name, entries[0].name, all_classes)):
         result.update(scores)
     escalation = joint_inference(options, entries, y_true, probs_by_name)
+    rejection = [] if options.via else rejection_table(entries, pixels, probs_by_name)
     return {**result_of(options, entries, kept, sizes, all_classes, results, probs_by_name, notes, via_text,
-                        calibration_text), "escalation": escalation}
+                        calibration_text), "escalation": escalation, "rejection": rejection}
 
 
 def result_of(options, entries, kept, sizes, all_classes, results, probs_by_name, notes, via_text,
@@ -292,7 +294,7 @@ def summary_lines(result: Dict) -> List[str]:
             f"  macro-F1 {m['macro_f1']:.3f}"
             + (f"  {size_text(m['size_bytes'])}" if m.get("size_bytes") else "")
             + (f"  p50 {lat:.1f} ms @1 thread" if lat is not None else ""))
-    return lines
+    return lines + rejection_lines(result.get("rejection") or [])
 
 
 def run(args) -> int:

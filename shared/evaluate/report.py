@@ -15,6 +15,7 @@ from ..formatting import count_text, percent, size_text
 from ..labels import display_name
 from ..spec import STANDIN_NOTE
 from .escalation import escalation_section, plot_escalation
+from .rejection import rejection_section
 
 SMALL_N = 100  # below this many labelled images the report warns that accuracy cannot be quoted
 
@@ -141,6 +142,7 @@ def render_markdown(result: Dict, figures: Dict[str, str]) -> str:
 
     lines += agreement_section(result)
     lines += escalation_section(result)
+    lines += rejection_section(result.get("rejection") or [])
     lines += ["## Summary", "",
               f"Accuracy with its 95% Wilson interval; agreement = images where the model's top-1 class equals the "
               f"reference's (`{reference}`); mean |Δp| = mean absolute difference of the probabilities from the "

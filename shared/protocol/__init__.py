@@ -14,6 +14,9 @@ FLOAT_INPUT, PIXELS_INPUT, PHOTOS_INPUT = "payload", "pixels", "photos"
 CLASS_IDS, PROBABILITIES, LABELS = "class_ids", "probabilities", "labels"
 # An escalating edge's extra output (docs/joint-inference.md): per image, who answered (edge, cloud, edge-provisional).
 ANSWERED_BY = "answered_by"
+# A gated model's extra output (docs/leaf-gate.md): per image, how leaf-like (1 near the cassava references, 0.5 at
+# the gate's threshold, below that `unknown`).
+LEAF_SCORE = "leaf_score"
 
 # The client's wire formats: how a request carries the images (see v2.build_request).
 WIRE_FORMATS = {

@@ -21,6 +21,7 @@ from mlserver.errors import MLServerError
 from mlserver.types import InferenceRequest, InferenceResponse, MetadataTensor, Parameters, RequestInput, ResponseOutput
 
 from ..budget import PixelLimits
+from ..policy import UNKNOWN, unknown_class_id
 from ..preprocess import pixel_range_ok, to_model_input
 from ..spec import ModelSpec
 from . import ANSWERED_BY, CLASS_IDS, FLOAT_INPUT, LABELS, PHOTOS_INPUT, PIXELS_INPUT, PROBABILITIES, WIRE_FORMATS
@@ -250,11 +251,16 @@ def requested_outputs(request: InferenceRequest, available: Sequence[str] = OUTP
 
 def build_response(model_name: str, model_version: Optional[str], probabilities: np.ndarray, spec: ModelSpec,
                    request_id: Optional[str] = None, outputs: Sequence[str] = OUTPUTS,
-                   more: Optional[dict] = None) -> InferenceResponse:
+                   more: Optional[dict] = None, unknown: Optional[np.ndarray] = None) -> InferenceResponse:
     """`outputs`: the names to answer with, in that order (requested_outputs); `more`: outputs a runtime adds
-    beyond the three ({name: ResponseOutput}, e.g. the edge's `answered_by`), placed where `outputs` names them."""
+    beyond the three ({name: ResponseOutput}, e.g. the edge's `answered_by`), placed where `outputs` names them.
+    `unknown`: bool [N], photos answered as label `unknown` (shared/policy.py), class id `unknown_class_id`."""
     probabilities = np.asarray(probabilities, dtype=np.float32)
     class_ids = probabilities.argmax(axis=1).astype(np.int64)
+    names = list(spec.class_names)
+    if unknown is not None and np.any(unknown):
+        class_ids[np.asarray(unknown, dtype=bool)] = unknown_class_id(names)
+        names = names if UNKNOWN in names else [*names, UNKNOWN]
     encoded = {}
     if CLASS_IDS in outputs:
         encoded[CLASS_IDS] = NumpyCodec.encode_output(CLASS_IDS, class_ids)
@@ -262,7 +268,7 @@ def build_response(model_name: str, model_version: Optional[str], probabilities:
     if PROBABILITIES in outputs:
         encoded[PROBABILITIES] = NumpyCodec.encode_output(PROBABILITIES, probabilities)
     if LABELS in outputs:
-        encoded[LABELS] = StringCodec.encode_output(LABELS, [spec.class_names[i] for i in class_ids])
+        encoded[LABELS] = StringCodec.encode_output(LABELS, [names[i] for i in class_ids])
         encoded[LABELS].shape = [len(class_ids)]
     encoded.update(more or {})
     response_outputs: List[ResponseOutput] = [encoded[name] for name in outputs]

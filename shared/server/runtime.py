@@ -14,16 +14,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
 from mlserver import MLModel
-from mlserver.types import InferenceRequest, InferenceResponse, MetadataModelResponse, Parameters
+from mlserver.codecs import NumpyCodec
+from mlserver.types import InferenceRequest, InferenceResponse, MetadataModelResponse, MetadataTensor, Parameters
 from prometheus_client import REGISTRY, Counter, Histogram
 
 from ..classifier import Classifier
 from ..errors import CassavaError
 from ..labels import parse_class_list
+from ..policy import UNKNOWN, EscalationPolicy, unknown_class_id
+from ..protocol import LEAF_SCORE
 from ..protocol.v2 import (
     DEFAULT_MAX_REQUEST_IMAGES,
     BadRequest,
@@ -34,6 +38,7 @@ from ..protocol.v2 import (
     requested_outputs,
 )
 from ..spec import is_model_path
+from ..tiers import tool
 from . import compat
 from .batching import MicroBatcher
 from .decoding import PhotoDecoder, keep_large_blocks_in_mmap
@@ -56,6 +61,9 @@ def _metrics():
         _METRICS["batch_images"] = Histogram(
             "cassava_batch_images", "Images per model call after micro-batching", ["model_name", "tier"],
             buckets=(1, 2, 4, 8, 16, 32, 64), registry=REGISTRY)
+        _METRICS["unknown"] = Counter(
+            "cassava_unknown", "Images answered `unknown` (the leaf gate or the model's own unknown class): a rising "
+            "rate is a drift signal", ["model_name", "tier"], registry=REGISTRY)
     return _METRICS
 
 
@@ -87,6 +95,8 @@ class Serving:
 class ImageClassifierRuntime(MLModel):
     tier = "?"
     _serving: Optional[Serving] = None
+    gate = None  # the leaf gate (cassava.edge.gate.gate.LeafGate), the same on both tiers; None: none
+    policy = EscalationPolicy()  # what `unknown` means here (shared/policy.py), with the gate's threshold
 
     @property
     def classifier(self) -> Classifier:
@@ -146,15 +156,36 @@ class ImageClassifierRuntime(MLModel):
         self.decoder = PhotoDecoder.from_extra(extra)  # pixel limits and the decode budget (budget.py)
         keep_large_blocks_in_mmap()
         self._serving = Serving(classifier, self._new_batcher(classifier, extra), version)
+        self.gate = await asyncio.to_thread(self._load_gate, uri, extra)
+        self.policy = EscalationPolicy(gate_threshold=self.gate.threshold if self.gate else None)
         self.inputs = metadata_inputs(spec)
         self.outputs = self.declared_outputs(spec)
         log.info("model %s ready on the %s tier: %s, %dx%d input, classes %s", self.name, self.tier, spec.title,
                  spec.input_size, spec.input_size, ",".join(spec.class_names))
         return True
 
+    def _load_gate(self, uri: str, extra: dict):
+        """The leaf gate: `gate` in model-settings `extra` (a folder written by `cassava convert`; the cloud's way
+        to run the very gate the edge runs), else the model folder's own; `no_gate`: none (asked for)."""
+        if extra.get("no_gate"):
+            return None
+        folder = extra.get("gate")
+        if folder is None:
+            if not is_model_path(uri) or is_store(uri):
+                return None
+            path = Path(uri)
+            folder = path if path.is_dir() else path.parent
+            if not tool("has_gate")(folder):
+                return None
+        gate = tool("leaf_gate")(folder, pool_size=int(extra.get("pool_size") or os.cpu_count() or 1))
+        log.info("model %s: leaf gate from %s (threshold %.4f, k=%d)", self.name, folder, gate.threshold, gate.k)
+        return gate
+
     def declared_outputs(self, spec) -> list:
-        """The outputs the model's metadata declares (a tier may add its own: the edge's `answered_by`)."""
-        return metadata_outputs(spec)
+        """The outputs the model's metadata declares (a tier may add its own: the edge's `answered_by`; a gated
+        model's `leaf_score`)."""
+        outputs = metadata_outputs(spec)
+        return [*outputs, MetadataTensor(name=LEAF_SCORE, datatype="FP32", shape=[-1])] if self.gate else outputs
 
     def _new_batcher(self, classifier, extra: dict) -> MicroBatcher:
         return MicroBatcher(
@@ -171,8 +202,8 @@ class ImageClassifierRuntime(MLModel):
             request_input = self.validate(payload, serving)
             # Photos are decoded and resized off the event loop (a large JPEG takes ms), within the pixel budget.
             x = await self.decode(request_input, serving)
-            probabilities = await self.batch(x, serving)
-            return self.encode(probabilities, payload, serving)
+            probabilities, distances = await self.classify(x, serving)
+            return self.encode(probabilities, payload, serving, distances=distances)
 
     def validate(self, payload: InferenceRequest, serving: Serving):
         """-> the request's one image input, its envelope checked (BadRequest: 4xx with a message)."""
@@ -187,18 +218,38 @@ class ImageClassifierRuntime(MLModel):
         """-> float32 [N, H, W, 3] in the model's pixel range, values checked (decoding.py)."""
         return await self.decoder.decode(request_input, serving.classifier.spec)
 
+    async def classify(self, x: np.ndarray, serving: Serving):
+        """-> (probabilities, the leaf gate's distances or None): the model and the gate side by side."""
+        if self.gate is None:
+            return await self.batch(x, serving), None
+        scale = serving.classifier.spec.input_scale
+        return await asyncio.gather(self.batch(x, serving), asyncio.to_thread(self.gate.distances, x, scale))
+
+    def unknown(self, probabilities: np.ndarray, distances, serving: Serving) -> np.ndarray:
+        """bool [N]: the photos answered `unknown` (the policy's one rule)."""
+        return self.policy.unknown(probabilities, serving.classifier.spec.class_names, distances)
+
     async def batch(self, x: np.ndarray, serving: Serving) -> np.ndarray:
         """Probabilities for `x`, computed in a micro-batch with other requests' images (the predict stage)."""
         return await serving.batcher.predict(x)
 
     def encode(self, probabilities: np.ndarray, payload: InferenceRequest, serving: Serving,
-               more: Optional[dict] = None) -> InferenceResponse:
-        """`more`: outputs a tier adds ({name: ResponseOutput}), answered where the request's outputs put them."""
+               more: Optional[dict] = None, distances=None) -> InferenceResponse:
+        """`more`: outputs a tier adds ({name: ResponseOutput}), answered where the request's outputs put them;
+        `distances`: the leaf gate's, when it ran (-> `unknown` answers and the `leaf_score` output)."""
         spec = serving.classifier.spec
+        unknown = self.unknown(probabilities, distances, serving)
+        more = dict(more or {})
+        if distances is not None:
+            more[LEAF_SCORE] = NumpyCodec.encode_output(LEAF_SCORE, self.gate.leaf_scores(distances))
+            more[LEAF_SCORE].shape = [len(distances)]
         response = build_response(self.name, serving.version, probabilities, spec, payload.id,
-                                  outputs=requested_outputs(payload, self.output_names), more=more)
-        for class_id in probabilities.argmax(axis=1):
-            _metrics()["predictions"].labels(self.name, self.tier, spec.class_names[class_id]).inc()
+                                  outputs=requested_outputs(payload, self.output_names), more=more, unknown=unknown)
+        for class_id, rejected in zip(probabilities.argmax(axis=1), unknown):
+            _metrics()["predictions"].labels(self.name, self.tier,
+                                             UNKNOWN if rejected else spec.class_names[class_id]).inc()
+        if unknown.any():
+            _metrics()["unknown"].labels(self.name, self.tier).inc(int(unknown.sum()))
         return response
 
     async def metadata(self) -> MetadataModelResponse:
@@ -207,7 +258,12 @@ class ImageClassifierRuntime(MLModel):
         metadata = await super().metadata()
         spec = self.classifier.spec
         current = metadata.parameters.model_dump(exclude_none=True) if metadata.parameters else {}
+        # a gated model answers `unknown` with a class id past its classes; class_names stays the model's own (what
+        # the probabilities' columns are, and what an escalating edge compares with its cloud's)
+        gate = {"unknown_class_id": str(unknown_class_id(spec.class_names)), "unknown_label": UNKNOWN,
+                "leaf_gate_threshold": f"{self.gate.threshold:g}", "leaf_gate_k": str(self.gate.k)} if self.gate else {}
         metadata.parameters = Parameters(**current, description=spec.title, class_names=",".join(spec.class_names),
+                                         **gate,
                                          input_scale=f"{spec.input_scale:g}", standin=str(spec.standin).lower(),
                                          tier=self.tier, max_image_pixels=str(self.decoder.limits.image),
                                          **self._store_parameters())

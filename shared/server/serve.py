@@ -60,6 +60,10 @@ def add_arguments(parser):
                         help="who may call the model repository API (load/unload/index): closed (default: nobody), "
                              "loopback (this machine), token:FILE (the bearer token on FILE's first line); the same "
                              f"as {MODEL_CONTROL_ENV}=... in the environment (docs/threat-model.md)")
+    parser.add_argument("--gate", type=Path, metavar="DIR",
+                        help="the leaf gate to run (a folder written by `cassava convert`): how the cloud answers "
+                             "`unknown` exactly as the edge does (the edge uses its model folder's own by default)")
+    parser.add_argument("--no-gate", action="store_true", help="serve without the model folder's leaf gate")
     parser.add_argument("--no-page", action="store_true",
                         help="API only: no phone page on GET / (the same as CASSAVA_PAGE=off in the environment)")
     budget = parser.add_argument_group("decoding budget (defaults sized for a 1 GB Raspberry Pi; see shared/budget.py)")
@@ -106,7 +110,7 @@ def run(args) -> int:
     run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix=f"cassava-{tier}-"))
     try:
         run_dir = write_run_dir(run_dir, tier, model, args.host, ports, args.workers, args.input_scale, args.classes,
-                                {**(extra or {}), **decoding})
+                                {**(extra or {}), **decoding, **gate_settings(args)})
         if is_store(model):
             store_settings(run_dir, args.watch_interval, args.allow_spec_change)
     except BaseException:
@@ -114,6 +118,18 @@ def run(args) -> int:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     return exec_supervisor(run_dir, tier, spec, debug, remove=not args.run_dir)
+
+
+def gate_settings(args) -> dict:
+    """--gate / --no-gate as model-settings `parameters.extra` entries (the runtime's `_load_gate`)."""
+    if getattr(args, "no_gate", False):
+        return {"no_gate": True}
+    folder = getattr(args, "gate", None)
+    if folder is None:
+        return {}
+    if not tool("has_gate")(folder):
+        raise CassavaError(f"--gate {folder}: no leaf gate there (a folder written by `cassava convert`)")
+    return {"gate": str(Path(folder).resolve())}
 
 
 def exec_supervisor(run_dir: Path, tier: str, spec, debug: bool, remove: bool) -> int:
