@@ -250,10 +250,11 @@ class Escalation:
         called only when something goes, so a confident batch pays nothing for it. `rejected`: photos the leaf gate
         turned away (shared/policy.py `rejected`): the edge answers them `unknown`, never escalated nor audited."""
         ids = [new_id() for _ in range(len(x))]
-        policy = self.policy.with_threshold(self.trust.threshold(probabilities))  # stored unless protecting
+        rejected = np.zeros(len(x), dtype=bool) if rejected is None else np.asarray(rejected, dtype=bool)
+        # the trust threshold learns from leaves only: a rejected photo's low confidence says nothing of the copy
+        policy = self.policy.with_threshold(self.trust.threshold(probabilities[~rejected]))  # stored unless protecting
         decisions = np.array(policy.decide(probabilities, ids), dtype=object)
-        if rejected is not None:
-            decisions[np.asarray(rejected, dtype=bool)] = UNKNOWN
+        decisions[rejected] = UNKNOWN
         hard = decisions == HARD
         audit = (decisions == AUDIT) & self.uplink.up  # audits while the cloud answers: they measure, not settle
         answered_by = np.where(hard, PROVISIONAL, EDGE).astype(object)
@@ -285,8 +286,9 @@ class Escalation:
                 outcome = "answered" if len(settled) == len(hard_ids) else "failed"
                 _metrics()["seconds"].labels(self.model_name, outcome).observe(time.monotonic() - started)
         counter = _metrics()["answered"]
-        for name in (EDGE, CLOUD, PROVISIONAL):
-            count = int((answered_by == name).sum())
+        answered = np.where(rejected, UNKNOWN, answered_by)  # the alert rules' rejection share reads `unknown`
+        for name in (EDGE, CLOUD, PROVISIONAL, UNKNOWN):
+            count = int((answered == name).sum())
             if count:
                 counter.labels(self.model_name, name).inc(count)
         return probabilities, list(answered_by), settlement_ids

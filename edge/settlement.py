@@ -60,7 +60,11 @@ class SettlementStore:
                   "prediction": edge["prediction"], "probability": edge["probability"],
                   "probabilities": edge.get("probabilities"), "edge": edge, "cloud": None,
                   "queued": _iso(queued), "queued_s": queued, "settled": None, "settle_seconds": None, "reason": None}
-        self._write(record, durable=False)  # the outbox entry is the durable part; this is re-made from it
+        with self._lock:  # never over a final record (the entry may be evicted or settled before this runs)
+            final = self.get(settlement_id)
+            if (final or {}).get("status") in (SETTLED, PROVISIONAL):
+                return final
+            self._write(record, durable=False)  # the outbox entry is the durable part; this is re-made from it
         return record
 
     def settle(self, settlement_id: str, cloud: dict, edge: dict, queued: float, now: Optional[float] = None

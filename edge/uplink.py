@@ -21,13 +21,14 @@ import dataclasses
 import logging
 import threading
 import time
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
 from cassava.shared.breaker import Breaker
 from cassava.shared.errors import CassavaError
+from cassava.shared.policy import UNKNOWN, unknown_class_id
 from cassava.shared.protocol.transport import HttpTransport, Rejected, Unavailable
 from cassava.shared.protocol.v2 import decode_response
 from cassava.shared.spec import ModelSpec
@@ -302,7 +303,7 @@ class Uplink:
             size = sum(len(payload) for _, payload in forms)
             response = self.transport.infer(cloud_request(forms, self.spec.input_size, request_id=entries[0].id),
                                             timeout=self.settings.attempt_timeout_s + size / SLOWEST_LINK_BYTES_S)
-            probabilities = self._usable(response, len(entries))
+            probabilities, unknowns = self._usable(response, len(entries))
         except Unavailable as exc:
             self._backoff_s = min(MAX_BACKOFF_S, max(1.0, self._backoff_s * 2))
             self._not_before = time.monotonic() + self._backoff_s
@@ -329,10 +330,12 @@ class Uplink:
         self._backoff_s = 0.0
         self.breaker.recovered()
         m = metrics()
-        for entry, row, (form, payload) in zip(entries, probabilities, forms):
+        for entry, row, (form, payload), unknown in zip(entries, probabilities, forms, unknowns):
             m["bytes"].labels(self.model_name, form).inc(len(payload))
             m["sent"].labels(self.model_name, form).inc()
             cloud = answer_of(row, self.spec.class_names)
+            if unknown:  # the cloud's gate: not a cassava leaf (the probabilities are still its model's)
+                cloud.update(prediction=UNKNOWN, class_id=unknown_class_id(self.spec.class_names))
             record = self.book.settled(entry, cloud)
             if record is None:
                 m["duplicate"].labels(self.model_name).inc()
@@ -345,7 +348,8 @@ class Uplink:
                 m["settle"].labels(self.model_name).observe(max(0.0, time.time() - entry.queued))
             self._finish(entry, record)
 
-    def _usable(self, response, n: int) -> np.ndarray:
+    def _usable(self, response, n: int) -> Tuple[np.ndarray, List[bool]]:
+        """-> (probabilities, whether the cloud answered `unknown`) per image, or Unusable."""
         try:
             class_ids, probabilities, labels = decode_response(response)
         except (ValueError, TypeError, KeyError) as exc:
@@ -356,9 +360,11 @@ class Uplink:
         if not np.all(np.isfinite(probabilities)) or np.any(probabilities < -1e-3) or \
                 not np.allclose(probabilities.sum(axis=1), 1.0, atol=0.02):
             raise Unusable("not-probabilities", "rows that are not probabilities")
-        if list(labels) != [self.spec.class_names[i] for i in probabilities.argmax(axis=1)]:
+        expected = [self.spec.class_names[i] for i in probabilities.argmax(axis=1)]
+        # `unknown`: the cloud's leaf gate turned the photo away (shared/policy.py); any other label is another model
+        if any(label != want and label != UNKNOWN for label, want in zip(labels, expected)):
             raise Unusable("other-classes", f"labels {labels[:3]} are not this model's classes")
-        return probabilities
+        return probabilities, [label == UNKNOWN for label in labels]
 
     def _finish(self, entry: Entry, record: Optional[dict]) -> None:
         self.outbox.remove(entry.id)
@@ -371,7 +377,12 @@ class Uplink:
 
     def _evicted(self, entry: Entry) -> None:
         metrics()["evicted"].labels(self.model_name, entry.kind).inc()
-        self.book.unsettled(entry, "evicted from the outbox unsent (over its byte or age budget)")
+        record = self.book.unsettled(entry, "evicted from the outbox unsent (over its byte or age budget)")
+        with self._lock:
+            waiting = self._live.pop(entry.id, [])
+        for loop, future in waiting:  # a client waiting for it hears at once, not at the end of its budget
+            if record is not None:
+                loop.call_soon_threadsafe(_resolve, future, record)
 
     def _down(self) -> None:
         if not self._said_down:

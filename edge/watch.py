@@ -21,6 +21,7 @@ cloud), shared/policy.py (the decision); this module is the flags and the loop.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -62,13 +63,33 @@ def add_arguments(parser):
     parser.add_argument("--num-threads", type=int, help="TFLite interpreter threads")
 
 
-def escalation_of(probabilities: np.ndarray, image_id: str, below: float, audit_rate: float,
-                  gate_distance: Optional[float] = None, gate_threshold: Optional[float] = None) -> dict:
+@dataclasses.dataclass
+class WatchOptions:
+    """What `cassava watch` is asked to do: the command's flags, by the same names."""
+    model: str
+    source: str
+    every: str = "2s"
+    out: Path = Path("results.jsonl")
+    forward: Optional[str] = None
+    escalate_to: Optional[str] = None
+    escalate_below: Optional[float] = None
+    audit_rate: float = DEFAULT_AUDIT_RATE
+    frames_dir: Optional[Path] = None
+    max_images: int = 0
+    duration: float = 0
+    num_threads: Optional[int] = None
+
+    @classmethod
+    def from_args(cls, args) -> "WatchOptions":
+        return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
+def escalation_of(probabilities: np.ndarray, image_id: str, policy: EscalationPolicy,
+                  gate_distance: Optional[float] = None) -> dict:
     """What the record says about escalation: the confidence, `escalate` (hard, audit or None) and who answered
     (a photo the leaf gate turned away is never escalated)."""
     from cassava.shared.escalation import confidence
 
-    policy = EscalationPolicy(escalate_below=below, audit_rate=audit_rate, gate_threshold=gate_threshold)
     decision, = policy.decide(probabilities[None], [image_id], None if gate_distance is None else [gate_distance])
     escalate = decision if decision in (HARD, AUDIT) else None
     return {"confidence": round(float(confidence(probabilities[None])[0]), 6), "escalate": escalate,
@@ -157,33 +178,40 @@ def leaf_gate_of(model: str):
 
 
 def run(args) -> int:
+    return watch(WatchOptions.from_args(args))
+
+
+def watch(options: WatchOptions) -> int:
     from cassava.shared.classifier import load_classifier, predict_pixels
     from cassava.shared.preprocess import preprocess, to_model_input
 
-    interval = parse_interval(args.every)
-    check_escalation_arguments(args)
-    kwargs = {"num_threads": args.num_threads} if args.num_threads else {}
-    classifier = load_classifier(args.model, **kwargs)
+    interval = parse_interval(options.every)
+    check_escalation_arguments(options)
+    kwargs = {"num_threads": options.num_threads} if options.num_threads else {}
+    classifier = load_classifier(options.model, **kwargs)
     spec = classifier.spec
-    gate = leaf_gate_of(args.model)
-    below = escalation_threshold(args, spec)
-    log = ResultLog(args.out)
+    gate = leaf_gate_of(options.model)
+    below = escalation_threshold(options, spec)
+    # the one decision per photo (unknown / hard / audit / edge), validated once here
+    policy = EscalationPolicy(escalate_below=below or 0.0, audit_rate=options.audit_rate,
+                              gate_threshold=gate.threshold if gate is not None else None)
+    log = ResultLog(options.out)
     done = log.ids()
-    camera = args.source.startswith("camera:")
+    camera = options.source.startswith("camera:")
     if camera:
-        frames = CameraFrames(args.source, args.frames_dir or args.out.with_suffix(".frames"),
+        frames = CameraFrames(options.source, options.frames_dir or options.out.with_suffix(".frames"),
                               sum(1 for r in log.records if r.get("source") == "camera"))
     else:
-        folder = Path(args.source)
+        folder = Path(options.source)
         if not folder.is_dir():
-            raise CassavaError(f"--source {args.source}: not a folder (or use camera:0 / camera:video.mp4)")
+            raise CassavaError(f"--source {options.source}: not a folder (or use camera:0 / camera:video.mp4)")
         seen_sizes: dict = {}
-    uplink_url = args.forward or args.escalate_to
-    uplinked = Uplinked(uplink_url, log, spec, escalating=bool(args.escalate_to)) if uplink_url else None
-    print(f"watching {args.source} with {spec.title}; results -> {args.out}"
-          + (f"; forwarding to {args.forward}" if args.forward else "")
-          + (f"; escalating photos below {below:.4g} and {args.audit_rate:.1%} of the rest to {args.escalate_to}"
-             if args.escalate_to else ""), file=sys.stderr, flush=True)
+    uplink_url = options.forward or options.escalate_to
+    uplinked = Uplinked(uplink_url, log, spec, escalating=bool(options.escalate_to)) if uplink_url else None
+    print(f"watching {options.source} with {spec.title}; results -> {options.out}"
+          + (f"; forwarding to {options.forward}" if options.forward else "")
+          + (f"; escalating photos below {below:.4g} and {options.audit_rate:.1%} of the rest to {options.escalate_to}"
+             if options.escalate_to else ""), file=sys.stderr, flush=True)
 
     started, new = time.monotonic(), 0
 
@@ -195,18 +223,17 @@ def run(args) -> int:
             record = {"id": image_id, "time": now(), "source": kind, "file": image_id, "error": str(exc)}
         else:
             probabilities = predict_pixels(classifier, pixels[None])[0]
-            distance = threshold = None
+            distance = None
             if gate is not None:
                 distance = float(gate.distances(to_model_input(pixels[None], spec.input_scale), spec.input_scale)[0])
-                threshold = gate.threshold
-            unknown = bool(EscalationPolicy(gate_threshold=threshold).unknown(
-                probabilities[None], spec.class_names, None if distance is None else [distance])[0])
+            unknown = bool(policy.unknown(probabilities[None], spec.class_names,
+                                          None if distance is None else [distance])[0])
             record = {"id": image_id, "time": now(), "source": kind, "file": image_id,
                       "path": str(path.resolve()) if path else None, "top": top_k(probabilities, spec.class_names),
                       "latency_ms": round((time.perf_counter() - t0) * 1000.0, 2), "model": spec.title,
                       "unknown": unknown}
             if below is not None:
-                record.update(escalation_of(probabilities, image_id, below, args.audit_rate, distance, threshold))
+                record.update(escalation_of(probabilities, image_id, policy, distance))
         log.append(record)  # the decision first: a crash before the outbox has it is re-queued at start
         done.add(image_id)
         if uplinked:
@@ -217,7 +244,7 @@ def run(args) -> int:
     try:
         while True:
             if camera:
-                frame = frames.next(new, args.out)
+                frame = frames.next(new, options.out)
                 if frame is None:
                     break
                 image_id, rgb, path = frame
@@ -227,13 +254,13 @@ def run(args) -> int:
                 for image_id, path in folder_images(folder, done, seen_sizes):
                     classify(image_id, path, path, "folder")
                     new += 1
-                    if args.max_images and new >= args.max_images:
+                    if options.max_images and new >= options.max_images:
                         break
-            if args.max_images and new >= args.max_images:
+            if options.max_images and new >= options.max_images:
                 break
-            if args.duration and time.monotonic() - started >= args.duration:
+            if options.duration and time.monotonic() - started >= options.duration:
                 break
-            if not camera or is_live(args.source):
+            if not camera or is_live(options.source):
                 time.sleep(interval)  # a video file is read as fast as it decodes; cameras and folders are paced
     except KeyboardInterrupt:
         pass
@@ -243,26 +270,24 @@ def run(args) -> int:
         if uplinked:
             uplinked.close()
         log.close()
-    print(f"{new} new image(s) classified; {len(log.records)} in {args.out}", file=sys.stderr)
+    print(f"{new} new image(s) classified; {len(log.records)} in {options.out}", file=sys.stderr)
     return 0
 
 
-def check_escalation_arguments(args) -> None:
-    if args.forward and args.escalate_to:
+def check_escalation_arguments(options: WatchOptions) -> None:
+    """The flags' combinations; their values are EscalationPolicy's to check."""
+    if options.forward and options.escalate_to:
         raise CassavaError("--forward sends every photo, --escalate-to only the hard ones: give one of them")
-    if not args.escalate_to and (args.escalate_below is not None or args.audit_rate != DEFAULT_AUDIT_RATE):
+    if not options.escalate_to and (options.escalate_below is not None or options.audit_rate != DEFAULT_AUDIT_RATE):
         raise CassavaError("--escalate-below and --audit-rate need --escalate-to URL")
-    if not 0.0 <= args.audit_rate <= 1.0:
-        raise CassavaError(f"--audit-rate {args.audit_rate}: a fraction from 0 to 1, e.g. 0.02")
-    if args.escalate_below is not None and not 0.0 <= args.escalate_below <= 1.0:
-        raise CassavaError(f"--escalate-below {args.escalate_below}: a top probability from 0 to 1, e.g. 0.6")
+    EscalationPolicy(escalate_below=options.escalate_below or 0.0, audit_rate=options.audit_rate)  # before loading
 
 
-def escalation_threshold(args, spec) -> Optional[float]:
-    if not args.escalate_to:
+def escalation_threshold(options: WatchOptions, spec) -> Optional[float]:
+    if not options.escalate_to:
         return None
-    below = args.escalate_below if args.escalate_below is not None else spec.escalate_below
+    below = options.escalate_below if options.escalate_below is not None else spec.escalate_below
     if below is None:
-        raise CassavaError(f"--escalate-to needs a threshold: {args.model} has no escalate_below (convert it again "
-                           "with cassava convert, or pass --escalate-below P)")
+        raise CassavaError(f"--escalate-to needs a threshold: {options.model} has no escalate_below (convert it "
+                           "again with cassava convert, or pass --escalate-below P)")
     return float(below)

@@ -22,6 +22,8 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # as the servers' grpc_max_message_length
 MAX_BACKOFF_S = 5.0
 
 
+RETRY_LATER = (408, 429)  # 4xx statuses that say "try again later", not "this request is wrong"
+
 class TransportError(CassavaError):
     """A request that got no usable answer."""
 
@@ -177,7 +179,9 @@ class HttpTransport:
         if response.status_code < 400:
             return response
         message = f"{url}: HTTP {response.status_code}: {_body_text(response)}"
-        if response.status_code < 500 and not (response.status_code == 400 and not self.model_ready()):
+        # 408 and 429 (a server's slow-client cut or fair share, shared/server/guard.py) mean "not now": retried
+        if response.status_code < 500 and response.status_code not in RETRY_LATER and \
+                not (response.status_code == 400 and not self.model_ready()):
             raise Rejected(message, response.status_code)
         raise Unavailable(message)
 

@@ -8,6 +8,7 @@ is watched there: a model that never becomes ready ends the command with one lin
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ import socket
 import sys
 import tempfile
 from pathlib import Path
+from typing import Optional, Sequence
 
 from ..arguments import add_escalation_arguments, add_model_spec_arguments
 from ..budget import DEFAULT_MAX_DECODING_PIXELS, DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_REQUEST_PIXELS, PixelLimits
@@ -83,48 +85,89 @@ def add_arguments(parser):
                         help="where the MLServer settings are written (default: a temporary dir)")
 
 
+@dataclasses.dataclass
+class ServeOptions:
+    """What `cassava serve` is asked to do: the command's flags, by the same names."""
+    tier: str
+    model: Optional[str] = None
+    host: str = "127.0.0.1"
+    http_port: Optional[int] = None
+    grpc_port: Optional[int] = None
+    metrics_port: Optional[int] = None
+    workers: Optional[int] = None
+    input_scale: Optional[float] = None
+    classes: Optional[Sequence[str]] = None
+    escalate_to: Optional[str] = None
+    escalate_below: Optional[float] = None
+    audit_rate: Optional[float] = None
+    escalate_timeout: Optional[float] = None
+    outbox: Optional[Path] = None
+    allow_spec_change: bool = False
+    watch_interval: float = WATCH_INTERVAL_S
+    model_control: Optional[str] = None
+    gate: Optional[Path] = None
+    no_gate: bool = False
+    no_page: bool = False
+    max_image_pixels: Optional[int] = None
+    max_request_pixels: Optional[int] = None
+    max_decoding_pixels: Optional[int] = None
+    jpeg_draft: bool = False
+    run_dir: Optional[Path] = None
+    debug: bool = False
+
+    @classmethod
+    def from_args(cls, args) -> "ServeOptions":
+        return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
+
+
 def run(args) -> int:
-    tier = args.tier
-    model = args.model or (CROPNET_HANDLE if tier == "cloud" else None)
+    return serve_tier(ServeOptions.from_args(args))
+
+
+def serve_tier(options: ServeOptions) -> int:
+    """Check everything, write the run dir, then become the supervisor of `mlserver start` (exit code: its)."""
+    tier = options.tier
+    model = options.model or (CROPNET_HANDLE if tier == "cloud" else None)
     if not model:
         raise CassavaError("serve edge needs --model: a model.tflite or a folder made by `cassava convert`")
-    if args.workers is not None and args.workers < 0:
-        raise CassavaError(f"--workers must be 0 or more, not {args.workers}")
+    if options.workers is not None and options.workers < 0:
+        raise CassavaError(f"--workers must be 0 or more, not {options.workers}")
     defaults = TIERS[tier].ports
-    ports = [p if p is not None else d for p, d in zip((args.http_port, args.grpc_port, args.metrics_port), defaults)]
-    check_ports(args.host, ports)
-    if not 0 < args.watch_interval <= MAX_INTERVAL_S:
+    ports = [p if p is not None else d
+             for p, d in zip((options.http_port, options.grpc_port, options.metrics_port), defaults)]
+    check_ports(options.host, ports)
+    if not 0 < options.watch_interval <= MAX_INTERVAL_S:
         raise CassavaError(f"--watch-interval must be above 0 and at most {MAX_INTERVAL_S:g} s")
-    debug = bool(getattr(args, "debug", False))
-    escalation = escalation_flags(args, tier)
+    debug = options.debug
+    escalation = escalation_flags(options)
     if escalation and "escalate_outbox" not in escalation:  # per port: two edges on one machine never share one
         escalation["escalate_outbox"] = str(cache_dir() / f"outbox-{ports[0]}")
-    decoding = decoding_settings(args)
-    spec = check_model(tier, model, args.input_scale, args.classes, debug)
+    decoding = decoding_settings(options)
+    spec = check_model(tier, model, options.input_scale, options.classes, debug)
     extra = escalation and _preflight_escalation(escalation, spec)
-    if getattr(args, "model_control", None):
-        ModelControl.parse(args.model_control)  # a bad value or token file is one line and exit 2, here
-        os.environ[MODEL_CONTROL_ENV] = args.model_control  # MLServer inherits it
-    if getattr(args, "no_page", False):
+    if options.model_control:
+        ModelControl.parse(options.model_control)  # a bad value or token file is one line and exit 2, here
+        os.environ[MODEL_CONTROL_ENV] = options.model_control  # MLServer inherits it
+    if options.no_page:
         os.environ[PAGE_ENV] = "off"  # MLServer inherits it (exec, then the supervisor's child)
-    run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix=f"cassava-{tier}-"))
+    run_dir = options.run_dir or Path(tempfile.mkdtemp(prefix=f"cassava-{tier}-"))
     try:
-        run_dir = write_run_dir(run_dir, tier, model, args.host, ports, args.workers, args.input_scale, args.classes,
-                                {**(extra or {}), **decoding, **gate_settings(args)})
+        run_dir = write_run_dir(run_dir, tier, model, options.host, ports, options.workers, options.input_scale,
+                                options.classes, {**(extra or {}), **decoding,
+                                                  **gate_settings(options.gate, options.no_gate)})
         if is_store(model):
-            store_settings(run_dir, args.watch_interval, args.allow_spec_change)
+            store_settings(run_dir, options.watch_interval, options.allow_spec_change)
     except BaseException:
-        if not args.run_dir:
+        if not options.run_dir:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
-    return exec_supervisor(run_dir, tier, spec, debug, remove=not args.run_dir)
+    return exec_supervisor(run_dir, tier, spec, debug, remove=not options.run_dir)
 
 
-def gate_settings(args) -> dict:
+def gate_settings(folder: Optional[Path], no_gate: bool) -> dict:
     """--gate / --no-gate as model-settings `parameters.extra` entries (the runtime's `_load_gate`)."""
-    if getattr(args, "no_gate", False):
+    if no_gate:
         return {"no_gate": True}
-    folder = getattr(args, "gate", None)
     if folder is None:
         return {}
     if not tool("has_gate")(folder):
@@ -156,13 +199,13 @@ def exec_supervisor(run_dir: Path, tier: str, spec, debug: bool, remove: bool) -
 # ---------------------------------------------------------------- checks before MLServer starts
 
 
-def decoding_settings(args) -> dict:
+def decoding_settings(options: ServeOptions) -> dict:
     """The budget flags given, as `parameters.extra` keys, checked together with the tier's shipped values."""
-    given = {key: getattr(args, key, None) for key in ("max_image_pixels", "max_request_pixels", "max_decoding_pixels")}
+    given = {key: getattr(options, key) for key in ("max_image_pixels", "max_request_pixels", "max_decoding_pixels")}
     given = {key: value for key, value in given.items() if value is not None}
-    if getattr(args, "jpeg_draft", False):
+    if options.jpeg_draft:
         given["jpeg_draft"] = True
-    shipped = TIERS[args.tier].model_settings().get("parameters", {}).get("extra", {})
+    shipped = TIERS[options.tier].model_settings().get("parameters", {}).get("extra", {})
     PixelLimits.from_extra({**shipped, **given})  # a CassavaError (one line, exit 2) when they do not fit together
     return given
 
@@ -241,15 +284,15 @@ def _cloud_spec(model, input_scale, classes, quiet: bool) -> dict:
         raise CassavaError(f"model {model}: cannot load ({type(exc).__name__}: {first})") from None
 
 
-def escalation_flags(args, tier: str) -> dict:
+def escalation_flags(options: ServeOptions) -> dict:
     """--escalate-* as model-settings `parameters.extra` entries (edge/escalate.py says what they mean)."""
-    given = {"escalate_to": args.escalate_to, "escalate_below": args.escalate_below,
-             "escalate_timeout_s": args.escalate_timeout, "escalate_audit_rate": args.audit_rate,
-             "escalate_outbox": str(args.outbox.resolve()) if getattr(args, "outbox", None) else None}
+    given = {"escalate_to": options.escalate_to, "escalate_below": options.escalate_below,
+             "escalate_timeout_s": options.escalate_timeout, "escalate_audit_rate": options.audit_rate,
+             "escalate_outbox": str(options.outbox.resolve()) if options.outbox else None}
     given = {key: value for key, value in given.items() if value is not None}
-    if given and tier != "edge":
+    if given and options.tier != "edge":
         raise CassavaError("--escalate-to is for the edge tier (it sends the images it is unsure of to the cloud)")
-    if given and not args.escalate_to:
+    if given and not options.escalate_to:
         raise CassavaError("--escalate-below, --escalate-timeout, --audit-rate and --outbox go with --escalate-to URL")
     return given
 

@@ -2,7 +2,6 @@
 large-image resize giving exactly the pixels of the whole-image path."""
 from __future__ import annotations
 
-import argparse
 import asyncio
 import io
 import time
@@ -125,11 +124,10 @@ def test_large_images_resize_from_their_rows_to_exactly_the_whole_image_pixels(m
 
 
 def test_serve_flags_become_settings(tmp_path):
-    from cassava.shared.server.serve import decoding_settings, write_run_dir
+    from cassava.shared.server.serve import ServeOptions, decoding_settings, write_run_dir
 
-    args = argparse.Namespace(tier="edge", max_image_pixels=1000, max_request_pixels=None, max_decoding_pixels=2000,
-                              jpeg_draft=True)
-    extra = decoding_settings(args)
+    extra = decoding_settings(ServeOptions(tier="edge", max_image_pixels=1000, max_decoding_pixels=2000,
+                                           jpeg_draft=True))
     assert extra == {"max_image_pixels": 1000, "max_decoding_pixels": 2000, "jpeg_draft": True}
     run_dir = write_run_dir(tmp_path / "run", "edge", str(tmp_path / "m.tflite"), "127.0.0.1", (1, 2, 3),
                             extra=extra)
@@ -139,5 +137,4 @@ def test_serve_flags_become_settings(tmp_path):
     assert written["max_image_pixels"] == 1000 and written["jpeg_draft"] is True
     assert written["max_request_pixels"] == PixelLimits().request  # shipped
     with pytest.raises(CassavaError, match="must be at least max_image_pixels"):
-        decoding_settings(argparse.Namespace(tier="edge", max_image_pixels=None, max_request_pixels=None,
-                                             max_decoding_pixels=10, jpeg_draft=False))
+        decoding_settings(ServeOptions(tier="edge", max_decoding_pixels=10))

@@ -55,11 +55,15 @@ def test_a_record_says_whether_its_photo_escalates_and_who_answered():
     import numpy as np
 
     from cassava.edge.watch import escalation_of
+    from cassava.shared.policy import EscalationPolicy
 
-    assert escalation_of(np.array([0.5, 0.3, 0.2]), "a.jpg", 0.6, 0.0) == {
+    def policy(below, rate):
+        return EscalationPolicy(escalate_below=below, audit_rate=rate)
+
+    assert escalation_of(np.array([0.5, 0.3, 0.2]), "a.jpg", policy(0.6, 0.0)) == {
         "confidence": 0.5, "escalate": "hard", "answered_by": "edge-provisional"}
-    assert escalation_of(np.array([0.9, 0.1]), "a.jpg", 0.6, 0.0)["escalate"] is None
-    assert escalation_of(np.array([0.9, 0.1]), "a.jpg", 0.6, 1.0) == {
+    assert escalation_of(np.array([0.9, 0.1]), "a.jpg", policy(0.6, 0.0))["escalate"] is None
+    assert escalation_of(np.array([0.9, 0.1]), "a.jpg", policy(0.6, 1.0)) == {
         "confidence": 0.9, "escalate": "audit", "answered_by": "edge"}
 
 
