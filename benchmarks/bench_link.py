@@ -1,6 +1,6 @@
 """Joint inference over an emulated field uplink (issue 30): answer now, settle later.
 
-Real MLServer processes on loopback: a cloud, an escalating edge whose `escalate_to` goes through tests/linkemu.py
+Real MLServer processes on loopback: a cloud, an escalating edge whose `escalate_to` goes through cassava.linkemu
 (bandwidth, one-way delay, a blackhole switch), and the same edge model without escalation. Photos go one per
 request at about one per second, in turn to the escalating and the plain edge. Per link (LAN, 256 kbit/s + 150 ms,
 64 kbit/s + 300 ms, and 256 kbit/s blackholed for OUTAGE_S mid-run): who answered, edge-answered p95 latency ÷ the
@@ -23,10 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from cassava.linkemu import LinkEmulator
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from _servers import REAL_CLASSES, REAL_MODEL, tier_server  # noqa: E402
-from linkemu import LinkEmulator  # noqa: E402
 
 LINKS = {"lan": (None, 0), "256k": (256, 150), "2g": (64, 300), "outage": (256, 150)}  # (kbit/s, one-way ms)
 NAMES = {"lan": "LAN (loopback)", "256k": "256 kbit/s, 150 ms", "2g": "64 kbit/s, 300 ms (2G)",

@@ -23,7 +23,8 @@ COMMANDS = {
     "bundle": ("cassava.edge.bundle", "pack the edge server, its wheels and a converted model for an offline device"),
     "compare": ("cassava.shared.evaluate.compare", "accuracy comparison of the cloud model and its TFLite copies"),
     "watch": ("cassava.edge.watch", "classify camera frames or new files in a folder on the edge, offline"),
-    "demo": ("cassava.demo", "the whole cloud/edge split offline, on the stand-in model"),
+    "demo": ("cassava.demo", "the whole cloud/edge split offline, on the stand-in model, and the edge escalating to "
+                          "the cloud over an emulated slow link"),
 }
 
 

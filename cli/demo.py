@@ -2,8 +2,9 @@
 
 1. build the stand-in (cached)            2. convert it to an int8 TFLite copy: the edge's model
 3. start the cloud and the edge server    4. classify the same photos through `--local` and `--edge`
-5. the comparison report, when `cassava compare` is installed
-6. stop both servers, whatever happened (errors and Ctrl-C too), and say where everything is.
+5. the field: an edge escalating to the cloud over an emulated slow link, hard photos settled later (demo_field.py)
+6. the comparison report, when `cassava compare` is installed
+7. stop the servers, whatever happened (errors and Ctrl-C too), and say where everything is.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from cassava.demo_field import field_step, field_text
 from cassava.shared.errors import CassavaError
 from cassava.shared.spec import REPORT_FILE, STANDIN_NOTE, TFLITE_FILE
 
@@ -62,14 +64,16 @@ def choose_ports(tier: str, offset: int):
         return ports
 
 
-def tier_server(tier: str, model, ports, out: Path, *flags):
-    """`cassava serve TIER` in its own process group (it and its MLServer stop together), output in a log file."""
+def tier_server(tier: str, model, ports, out: Path, *flags, name: str = ""):
+    """`cassava serve TIER` in its own process group (it and its MLServer stop together), output in a log file.
+    `name` (default: the tier) names its run folder and log."""
     from cassava.shared.server.process import ServerProcess
 
+    name = name or tier
     command = _cassava("serve", tier, "--model", model, "--http-port", ports[0], "--grpc-port", ports[1],
-                       "--metrics-port", ports[2], "--run-dir", out / "run" / tier, *flags)
+                       "--metrics-port", ports[2], "--run-dir", out / "run" / name, *flags)
     server = ServerProcess(command, f"http://127.0.0.1:{ports[0]}/v2/models/cassava/ready",
-                           out / "logs" / f"{tier}-server.log", name=f"the {tier} server")
+                           out / "logs" / f"{name}-server.log", name=f"the {name} server")
     server.tier, server.ports, server.url = tier, ports, f"http://127.0.0.1:{ports[0]}"
     return server
 
@@ -78,18 +82,19 @@ def _stop_on_sigterm(*_):
     raise SystemExit(143)  # unwinds through `finally`, so the servers are stopped on `kill` too
 
 
-def classify_through(tier: str, url: str, n: int, out: Path) -> dict:
-    """What `cassava predict --local|--edge URL --data standin` does, on the stand-in's photos; plot and JSON in
-    `out`."""
+def classify_through(tier: str, url: str, n: int, out: Path, name: str = "", settle=None, batch_size: int = 16) -> dict:
+    """What `cassava predict --local|--edge URL --data standin [--settle-wait S] [--batch-size B]` does, on the
+    stand-in's photos; plot and JSON in `out`, named by `name` (default: the tier). `settle`: (edge URL, model name,
+    seconds)."""
     from cassava.shared.client.backends import ServerBackend
     from cassava.shared.client.predict import classify_and_report
     from cassava.shared.data import load_samples
 
-    paths = {"plot": out / f"predictions-{tier}.png", "json": out / f"predictions-{tier}.json"}
+    paths = {"plot": out / f"predictions-{name or tier}.png", "json": out / f"predictions-{name or tier}.json"}
     backend = ServerBackend(url, tier=tier)
     try:
-        code = classify_and_report(backend, load_samples(["standin"], n), "standin", plot=paths["plot"],
-                                   json_path=paths["json"])
+        code = classify_and_report(backend, load_samples(["standin"], n), "standin", batch_size=batch_size,
+                                   plot=paths["plot"], json_path=paths["json"], settle=settle)
     finally:
         backend.close()
     records = json.loads(paths["json"].read_text())
@@ -106,18 +111,18 @@ def run(args) -> int:
     (out / "logs").mkdir(parents=True, exist_ok=True)
     print(f"cassava demo: the cloud/edge split offline ({STANDIN_NOTE}; TF Hub and TFDS are not needed)")
 
-    _step("1/5 the stand-in model")
+    _step("1/6 the stand-in model")
     from cassava.cloud.standin import ensure_standin
 
     print(f"stand-in SavedModel: {ensure_standin()}")
 
-    _step("2/5 the edge's copy: int8 TFLite")
+    _step("2/6 the edge's copy: int8 TFLite")
     edge_model = out / "edge-int8"
     _run_logged(_cassava("convert", "--model", "standin", "--out", edge_model, "--quantize", "int8", "--quiet"),
                 out / "logs" / "convert.log", "cassava convert")
     print(f"int8 TFLite: {edge_model / TFLITE_FILE} (conversion report: {edge_model / REPORT_FILE})")
 
-    _step("3/5 the servers")
+    _step("3/6 the servers")
     # the cloud runs the edge folder's leaf gate too, so both answer `unknown` alike (docs/leaf-gate.md)
     gate = ("--gate", edge_model) if (Path(edge_model) / "leaf-gate.json").is_file() else ()
     servers = [tier_server("cloud", "standin", choose_ports("cloud", args.port_offset), out, *gate),
@@ -136,11 +141,17 @@ def run(args) -> int:
                   f"metrics :{server.ports[2]}; log {server.log_path})", flush=True)
         cloud, edge = servers
 
-        _step("4/5 the same photos through the cloud (--local) and the edge (--edge)")
+        _step("4/6 the same photos through the cloud (--local) and the edge (--edge)")
         summary["cloud"] = classify_through("cloud", cloud.url, args.n, out)
         summary["edge"] = classify_through("edge", edge.url, args.n, out)
 
-        _step("5/5 the comparison report")
+        _step(f"5/6 the field: the edge escalating to the cloud over an emulated slow link ({STANDIN_NOTE})")
+        summary["field"] = field_step(cloud, json.loads(Path(summary["edge"]["json"]).read_text()), out,
+                                      lambda name, *flags: _field_server(edge_model, out, name, *flags),
+                                      lambda name, url, settle: classify_through("edge", url, args.n, out, name,
+                                                                                 settle, batch_size=1))
+
+        _step("6/6 the comparison report")
         summary["compare"] = compare_report(out, edge_model, args.skip_compare)
     finally:
         for server in servers:
@@ -153,10 +164,29 @@ def run(args) -> int:
     for tier in ("cloud", "edge"):
         row = summary[tier]
         print(f"  {tier:<6} {row['right']}/{row['labelled']} right  plot {row['plot']}  records {row['json']}")
+    print(f"  {field_text(summary['field'])}  records {summary['field']['json']}")
     print(f"  edge model  {summary['edge_model']}")
     print(f"  compare     {summary['compare']}")
     print(f"  logs        {out / 'logs'}   summary {out / 'summary.json'}")
-    return max(summary["cloud"]["exit_code"], summary["edge"]["exit_code"])
+    return max(summary[tier]["exit_code"] for tier in ("cloud", "edge", "field"))
+
+
+def _field_server(edge_model: Path, out: Path, name: str, *flags):
+    """The field step's edge, on three free ports, started and ready (or a one-line error)."""
+    from cassava.shared.server.process import free_port
+
+    ports = []
+    while len(set(ports)) < 3:
+        ports = [free_port() for _ in range(3)]
+    server = tier_server("edge", edge_model, ports, out, *flags, name=name)
+    server.launch()
+    try:
+        server.wait_ready(timeout=600)
+    except RuntimeError as exc:
+        server.stop()
+        raise CassavaError(str(exc)) from None
+    print(f"{name} server ready: {server.url} (log {server.log_path})", flush=True)
+    return server
 
 
 def compare_report(out: Path, edge_model: Path, skip: bool) -> str:

@@ -365,3 +365,18 @@ def test_demo_runs_the_split_offline_and_stops_its_servers(standin_model, tmp_pa
         with pytest.raises(httpx.ConnectError):  # stopped, not left running
             httpx.get(f"{summary[tier]['url']}/v2/health/live", timeout=5)
     assert (out / "edge-int8" / "model.tflite").is_file() and "servers stopped" in result.stdout
+    # the field step: an edge escalating to the cloud over the emulated slow link, hard photos settled later
+    field = summary["field"]
+    assert field["images"] == 8 and field["exit_code"] == 0
+    assert field["answered_by_edge"] + field["cloud_in_request"] + field["provisional_then_cloud"] \
+        + field["still_provisional"] + field["not_answered"] == 8, field
+    assert field["provisional_then_cloud"] >= 1 and field["answered_by_edge"] >= 1, field
+    assert len(field["settle_seconds"]) == field["provisional_then_cloud"]
+    assert all(0 < t <= field["seconds"] for t in field["settle_seconds"]), field
+    records = _records(Path(field["json"]))
+    settled = [r for r in records if r.get("edge_answered_by") == "edge-provisional" and r["answered_by"] == "cloud"]
+    assert len(settled) == field["provisional_then_cloud"] and all(r["settlement_id"] for r in settled)
+    assert f"{field['provisional_then_cloud']} provisional then settled by the cloud" in result.stdout
+    assert "chosen for the demo" in result.stdout and "256 kbit/s, 150 ms one way" in result.stdout
+    with pytest.raises(httpx.ConnectError):  # the field edge is stopped too
+        httpx.get(f"{field['url']}/v2/health/live", timeout=5)

@@ -1,4 +1,4 @@
-"""Joint inference over an emulated field uplink (tests/linkemu.py): real `cassava serve cloud --model standin`, a
+"""Joint inference over an emulated field uplink (cassava.linkemu): real `cassava serve cloud --model standin`, a
 link emulator in front of it, and `cassava serve edge --escalate-to LINK` with every image hard (`--escalate-below
 1`), so each photo sent is one settlement to follow.
 
@@ -14,7 +14,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from linkemu import LinkEmulator, transfer_seconds
+
+from cassava.linkemu import LinkEmulator, transfer_seconds
 
 from helpers import LoopbackServer, photos_tensor
 

@@ -264,7 +264,7 @@ def test_a_hard_photo_is_answered_at_once_then_updated_when_the_cloud_settles_it
     """An edge escalating every photo (--escalate-below 1) to a real cloud through an emulated link: the page shows
     the edge's answer at once with "checking with the cloud…", says when the link is down, and shows the cloud's
     answer (and marks the history entry) once it is settled."""
-    from linkemu import LinkEmulator
+    from cassava.linkemu import LinkEmulator
 
     photo = sorted((standin_model.parent / "data" / "validation" / "cmd").glob("*.jpg"))[0]
     cloud = LoopbackServer.serve(tmp_path / "cloud", "cloud", "standin").start(300)

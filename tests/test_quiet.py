@@ -4,6 +4,7 @@ TensorFlow/absl/LiteRT lines and no Keras per-epoch lines; `--debug` shows Tenso
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 
@@ -42,7 +43,11 @@ def test_first_demo_is_quiet(tmp_path):
     assert "training the stand-in" in result.stderr  # the one progress bar instead of Keras's epoch lines
     assert not _noise(output), "\n".join(_noise(output))
     logs = {path.name: path.read_text(errors="replace") for path in (tmp_path / "demo" / "logs").glob("*.log")}
-    assert {"convert.log", "cloud-server.log", "edge-server.log"} <= set(logs)
+    assert {"convert.log", "cloud-server.log", "edge-server.log", "field-edge-server.log"} <= set(logs)
+    field = json.loads((tmp_path / "demo" / "summary.json").read_text())["field"]  # the field step ran, quietly
+    assert field["answered_by_edge"] + field["cloud_in_request"] + field["provisional_then_cloud"] \
+        + field["still_provisional"] + field["not_answered"] == field["images"] == 4, field
+    assert field["provisional_then_cloud"] >= 1, field
     for name, text in logs.items():  # what `cassava convert`, `compare` and `serve` print on their own
         assert not _noise(text), f"{name}:\n" + "\n".join(_noise(text))
 

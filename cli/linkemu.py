@@ -1,6 +1,7 @@
-"""A field uplink on loopback: a small asyncio TCP proxy with bandwidth, one-way delay, resets and a blackhole.
+"""`cassava.linkemu`: a field uplink emulated on loopback, for demos, tests and benchmarks (not for serving).
 
-`tc netem` is not available on these kernels, so the link is emulated in user space, in front of one TCP port:
+A small asyncio TCP proxy with bandwidth, one-way delay, resets and a blackhole. `tc netem` is not available on these
+kernels, so the link is emulated in user space, in front of one TCP port:
 
     link = LinkEmulator(cloud_port, rate_kbit=256, delay_ms=150).start()   # http://127.0.0.1:{link.port}
     link.blackhole(True)   # nothing gets through (held, as TCP would retransmit it), new connections hang
@@ -10,8 +11,8 @@
 
 Each direction is one shared pipe: bytes are serialised at `rate_kbit` (all connections share it, as on a real
 link), then delivered `delay_ms` later (pipelined: delay adds latency, not a per-chunk stall). It runs its own event
-loop in a thread, so synchronous tests and benchmarks drive it directly. Used by tests/test_link.py and
-benchmarks/bench_link.py.
+loop in a thread, so synchronous code drives it directly. Used by `cassava demo` (cli/demo_field.py),
+tests/test_link.py, tests/test_page.py and benchmarks/bench_link.py.
 """
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ import asyncio
 import socket
 import struct
 import threading
-import time
 from typing import Optional
 
 CHUNK = 2048  # small, so bandwidth pacing is smooth on slow links
@@ -188,4 +188,4 @@ def transfer_seconds(size: int, rate_kbit: float, delay_ms: float) -> float:
     return size * 8 / (rate_kbit * 1000) + delay_ms / 1000.0
 
 
-__all__ = ["LinkEmulator", "transfer_seconds", "time"]
+__all__ = ["LinkEmulator", "transfer_seconds"]
