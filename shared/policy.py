@@ -64,8 +64,8 @@ class EscalationPolicy:
 
     def __post_init__(self):
         if not 0.0 <= self.escalate_below <= 1.0:
-            raise CassavaError(f"--escalate-below {self.escalate_below}: a confidence (top probability) from 0 to 1, "
-                               "e.g. 0.6")
+            raise CassavaError(f"--escalate-below {self.escalate_below}: a confidence from 0 to 1 (the top "
+                               "probability), e.g. 0.6")
         if not 0.0 <= self.audit_rate <= 1.0:
             raise CassavaError(f"--audit-rate {self.audit_rate}: a fraction from 0 to 1, e.g. 0.02")
         if self.gate_threshold is not None and not np.isfinite(self.gate_threshold):
