@@ -303,6 +303,15 @@ def grpc_interceptor(settings: GuardSettings):
     return GuardInterceptor()
 
 
+async def _refuse_unless_admitted(admit, context, delay: float) -> None:
+    """`admit(context)` -> None, or (reason, code, message): then counted and aborted, `delay` seconds late."""
+    refusal = admit(context)
+    if refusal is not None:
+        refused("grpc", refusal[0])
+        await asyncio.sleep(delay)
+        await context.abort(refusal[1], refusal[2])
+
+
 def _wrap(handler, admit, share: ClientShare = None, delay: float = 0.0):
     """The handler with `admit(context)` first (None, or (reason, code, message) to refuse, `delay` seconds late),
     then run in the client's turn when `share` is given."""
@@ -310,11 +319,7 @@ def _wrap(handler, admit, share: ClientShare = None, delay: float = 0.0):
         inner = handler.unary_unary
 
         async def unary_unary(request, context):
-            refusal = admit(context)
-            if refusal is not None:
-                refused("grpc", refusal[0])
-                await asyncio.sleep(delay)
-                await context.abort(refusal[1], refusal[2])
+            await _refuse_unless_admitted(admit, context, delay)
             if share is None:
                 return await inner(request, context)
             return await share.run(peer_host(context.peer()), lambda: inner(request, context))
@@ -324,11 +329,7 @@ def _wrap(handler, admit, share: ClientShare = None, delay: float = 0.0):
         inner_stream = handler.stream_stream
 
         async def stream_stream(requests, context):
-            refusal = admit(context)
-            if refusal is not None:
-                refused("grpc", refusal[0])
-                await asyncio.sleep(delay)
-                await context.abort(refusal[1], refusal[2])
+            await _refuse_unless_admitted(admit, context, delay)
             client, started = peer_host(context.peer()), False
             try:
                 if share is not None:

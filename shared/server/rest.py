@@ -81,7 +81,7 @@ class RestLayer:
                 return await self.app(scope, receive, send)
             return await self._infer(scope, headers, body, receive, send)
         except _Refused as refused:
-            await _answer(send, refused.status, {"error": str(refused)})
+            await answer_json(send, refused.status, {"error": str(refused)})
 
     async def _infer(self, scope, headers, body: bytes, receive, send):
         rewritten, request = False, None
@@ -175,7 +175,7 @@ def _oip_answer(send, scope):
             return await send({"type": "http.response.body", "body": body})
         replaced = (b"content-length", b"content-type", b"content-encoding")
         kept = [(k, v) for k, v in start.get("headers", []) if k.lower() not in replaced]
-        await _answer(send, 400 if status == 422 else status, content, kept, head=scope.get("method") == "HEAD")
+        await answer_json(send, 400 if status == 422 else status, content, kept, head=scope.get("method") == "HEAD")
 
     return send_oip
 
@@ -240,11 +240,12 @@ def _replay(body: bytes, receive):
     return replay
 
 
-def _binary_answer(send, wanted):
-    """A `send` that turns MLServer's JSON answer into the binary extension's framing (errors stay JSON)."""
+def rewriting(send, rewrite):
+    """A `send` that gathers the app's whole answer, then sends `rewrite(status, headers, body)` -> (headers, body)
+    instead (for answers MLServer writes whole and small: metadata, infer)."""
     start, chunks = None, []
 
-    async def send_framed(message):
+    async def send_rewritten(message):
         nonlocal start
         if message["type"] == "http.response.start":
             start = message
@@ -254,24 +255,33 @@ def _binary_answer(send, wanted):
         chunks.append(message.get("body", b""))
         if message.get("more_body"):
             return
-        body, headers = b"".join(chunks), [(k, v) for k, v in start.get("headers", [])]
-        if start["status"] == 200:
-            try:  # MLServer wrote the answer with orjson
-                body, header_length = binary.response_to_binary(orjson.loads(body), wanted)
-            except (ValueError, KeyError, TypeError) as exc:  # a bug here must not cost the client its answer
-                log.warning("could not frame the answer in binary, sending JSON: %s", exc)
-            else:
-                drop = {b"content-length", b"content-type", binary.HEADER_LENGTH.encode()}
-                headers = [(k, v) for k, v in headers if k.lower() not in drop] + [
-                    (b"content-type", b"application/octet-stream"), (b"content-length", str(len(body)).encode()),
-                    (binary.HEADER_LENGTH.encode(), str(header_length).encode())]
+        headers, body = rewrite(start["status"], list(start.get("headers", [])), b"".join(chunks))
         await send({**start, "headers": headers})
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
-    return send_framed
+    return send_rewritten
 
 
-async def _answer(send, status: int, content: dict, headers=(), head: bool = False):
+def _binary_answer(send, wanted):
+    """A `send` that turns MLServer's JSON answer into the binary extension's framing (errors stay JSON)."""
+
+    def framed(status, headers, body):
+        if status != 200:
+            return headers, body
+        try:  # MLServer wrote the answer with orjson
+            body, header_length = binary.response_to_binary(orjson.loads(body), wanted)
+        except (ValueError, KeyError, TypeError) as exc:  # a bug here must not cost the client its answer
+            log.warning("could not frame the answer in binary, sending JSON: %s", exc)
+            return headers, body
+        drop = {b"content-length", b"content-type", binary.HEADER_LENGTH.encode()}
+        return [(k, v) for k, v in headers if k.lower() not in drop] + [
+            (b"content-type", b"application/octet-stream"), (b"content-length", str(len(body)).encode()),
+            (binary.HEADER_LENGTH.encode(), str(header_length).encode())], body
+
+    return rewriting(send, framed)
+
+
+async def answer_json(send, status: int, content: dict, headers=(), head: bool = False):
     body = json.dumps(content).encode()
     await send({"type": "http.response.start", "status": status, "headers": [
         *headers, (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})

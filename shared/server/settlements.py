@@ -18,6 +18,8 @@ import json
 import re
 from typing import Callable, Dict, Optional
 
+from . import rest
+
 EXTENSION = "settlements"
 _PATH = re.compile(r"^/v2/models/([^/]+)/settlements/([^/]+)/?$")
 _LOOKUPS: Dict[str, Callable[[str], Optional[dict]]] = {}
@@ -61,38 +63,23 @@ class SettlementLayer:
 
 def _listing_extension(send):
     """A `send` that adds EXTENSION to the server metadata's `extensions` (MLServer writes it uncompressed: small)."""
-    start, chunks = None, []
 
-    async def send_listed(message):
-        nonlocal start
-        if message["type"] == "http.response.start":
-            start = message
-            return
-        if message["type"] != "http.response.body" or start is None:
-            return await send(message)
-        chunks.append(message.get("body", b""))
-        if message.get("more_body"):
-            return
-        body, headers = b"".join(chunks), list(start.get("headers", []))
+    def listed(status, headers, body):
         try:
-            metadata = json.loads(body) if start["status"] == 200 else None
+            metadata = json.loads(body) if status == 200 else None
         except ValueError:
             metadata = None
-        if isinstance(metadata, dict) and isinstance(metadata.get("extensions"), list):
-            if EXTENSION not in metadata["extensions"]:
-                metadata["extensions"].append(EXTENSION)
-            body = json.dumps(metadata).encode()
-            headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
-            headers.append((b"content-length", str(len(body)).encode()))
-        await send({**start, "headers": headers})
-        await send({"type": "http.response.body", "body": body, "more_body": False})
+        if not (isinstance(metadata, dict) and isinstance(metadata.get("extensions"), list)):
+            return headers, body
+        if EXTENSION not in metadata["extensions"]:
+            metadata["extensions"].append(EXTENSION)
+        body = json.dumps(metadata).encode()
+        return [(k, v) for k, v in headers if k.lower() != b"content-length"] + [
+            (b"content-length", str(len(body)).encode())], body
 
-    return send_listed
+    return rest.rewriting(send, listed)
 
 
 async def _answer(send, status: int, content: dict, scope):
-    body = json.dumps(content).encode()
-    await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-        (b"cache-control", b"no-store")]})
-    await send({"type": "http.response.body", "body": b"" if scope.get("method") == "HEAD" else body})
+    await rest.answer_json(send, status, content, headers=[(b"cache-control", b"no-store")],
+                           head=scope.get("method") == "HEAD")
