@@ -14,7 +14,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cassava.demo_field import field_step, field_text
 from cassava.shared.errors import CassavaError
 from cassava.shared.spec import REPORT_FILE, STANDIN_NOTE, TFLITE_FILE
 
@@ -105,6 +104,10 @@ def classify_through(tier: str, url: str, n: int, out: Path, name: str = "", set
 
 
 def run(args) -> int:
+    # here, not at import: every command module is imported to build the parser, and an edge-only install (a Pi)
+    # has no httpx, which the field step's client needs
+    from cassava.demo_field import field_step, field_text
+
     if args.n < 1:
         raise CassavaError("-n must be at least 1")
     out = args.out.resolve()
