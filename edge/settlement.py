@@ -72,7 +72,7 @@ class SettlementStore:
         """The cloud's answer. -> the final record, or None when the record was already final (a duplicate)."""
         now = time.time() if now is None else now
         with self._lock:
-            if (self.get(settlement_id) or {}).get("status") in (SETTLED, PROVISIONAL):
+            if self.is_final(settlement_id):
                 return None
             record = {"id": settlement_id, "status": SETTLED, "answered_by": "cloud",
                       "prediction": cloud["prediction"], "probability": cloud["probability"],
@@ -85,7 +85,7 @@ class SettlementStore:
     def keep_provisional(self, settlement_id: str, edge: dict, queued: float, reason: str) -> Optional[dict]:
         """The cloud will not settle it: the edge's answer is final, and the record says why."""
         with self._lock:
-            if (self.get(settlement_id) or {}).get("status") in (SETTLED, PROVISIONAL):
+            if self.is_final(settlement_id):
                 return None
             record = {"id": settlement_id, "status": PROVISIONAL, "answered_by": "edge-provisional",
                       "prediction": edge["prediction"], "probability": edge["probability"],
